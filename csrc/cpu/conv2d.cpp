@@ -1,0 +1,195 @@
+// conv2d.cpp: 2-D convolution (cross-correlation, as in PyTorch), forward and both backward
+// passes, as im2col + matrix products.
+//
+// Shape legend: N batch, C in-channels, H W input, OC out-channels, KH KW kernel,
+// OH OW output, G groups, cpg = C/G, ocpg = OC/G, K = cpg*KH*KW (the reduction length of one
+// output), P = OH*OW (output pixels of one plane).
+//
+//   y[n, oc, oh, ow] = b[oc] + sum_{c, kh, kw} w[oc, c, kh, kw]
+//                               * x[n, g*cpg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+//
+// For one sample and group, im2col unrolls the input into col[K, P] (zero where a tap falls
+// in the padding), and then
+//   forward          y_g[ocpg, P]  = w_g[ocpg, K] . col[K, P]
+//   backward input   dcol[K, P]    = w_g^T . dy_g[ocpg, P];   dx = col2im(dcol)
+//   backward weight  dw_g[ocpg, K] += dy_g[ocpg, P] . col^T
+// deepkern.reference.conv2d is the same computation written with NumPy.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/parallel.h"
+#include "cpu/gemm.h"
+#include "kernels.h"
+
+namespace dk::cpu {
+
+namespace {
+
+// A 1x1 convolution with stride 1 and no padding needs no im2col: the input plane is col.
+bool is_pointwise(const Conv2dParams& p) {
+  return p.KH == 1 && p.KW == 1 && p.sh == 1 && p.sw == 1 && p.ph == 0 && p.pw == 0;
+}
+
+// col[K, P] from the cpg channels at xg (one sample, one group).
+template <class T>
+void im2col(T* __restrict col, const T* __restrict xg, const Conv2dParams& p) {
+  const int64_t P = p.OH * p.OW;
+  for (int64_t c = 0; c < p.cpg(); ++c) {
+    const T* xc = xg + c * p.H * p.W;
+    for (int64_t kh = 0; kh < p.KH; ++kh) {
+      for (int64_t kw = 0; kw < p.KW; ++kw) {
+        T* row = col + ((c * p.KH + kh) * p.KW + kw) * P;
+        for (int64_t oh = 0; oh < p.OH; ++oh) {
+          const int64_t ih = oh * p.sh - p.ph + kh * p.dh;
+          T* out = row + oh * p.OW;
+          if (ih < 0 || ih >= p.H) {
+            std::memset(out, 0, sizeof(T) * p.OW);
+            continue;
+          }
+          const T* xrow = xc + ih * p.W;
+          for (int64_t ow = 0; ow < p.OW; ++ow) {
+            const int64_t iw = ow * p.sw - p.pw + kw * p.dw;
+            out[ow] = (iw >= 0 && iw < p.W) ? xrow[iw] : T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// dxg += col2im(dcol): the adjoint of im2col (scatter-add, serial within a sample).
+template <class T>
+void col2im_add(T* __restrict dxg, const T* __restrict dcol, const Conv2dParams& p) {
+  const int64_t P = p.OH * p.OW;
+  for (int64_t c = 0; c < p.cpg(); ++c) {
+    T* dxc = dxg + c * p.H * p.W;
+    for (int64_t kh = 0; kh < p.KH; ++kh) {
+      for (int64_t kw = 0; kw < p.KW; ++kw) {
+        const T* row = dcol + ((c * p.KH + kh) * p.KW + kw) * P;
+        for (int64_t oh = 0; oh < p.OH; ++oh) {
+          const int64_t ih = oh * p.sh - p.ph + kh * p.dh;
+          if (ih < 0 || ih >= p.H) continue;
+          T* dxrow = dxc + ih * p.W;
+          const T* in = row + oh * p.OW;
+          for (int64_t ow = 0; ow < p.OW; ++ow) {
+            const int64_t iw = ow * p.sw - p.pw + kw * p.dw;
+            if (iw >= 0 && iw < p.W) dxrow[iw] += in[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Parallelize over samples n; each chunk of samples owns an im2col workspace.
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+  const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
+  const bool pointwise = is_pointwise(p);
+  parallel_for(p.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<T> col(pointwise ? 0 : K * P);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t g = 0; g < p.G; ++g) {
+        const T* xg = x + (n * p.C + g * p.cpg()) * p.H * p.W;
+        T* yg = y + (n * p.OC + g * ocpg) * P;
+        const T* src = xg;
+        if (!pointwise) {
+          im2col(col.data(), xg, p);
+          src = col.data();
+        }
+        gemm_nn<T>(ocpg, P, K, w + g * ocpg * K, K, src, P, yg, P, false);
+        if (b) {
+          for (int64_t o = 0; o < ocpg; ++o) {
+            const T bo = b[g * ocpg + o];
+            T* yo = yg + o * P;
+            for (int64_t i = 0; i < P; ++i) yo[i] += bo;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Parallelize over samples n: each sample's dx is independent.
+template <class T>
+void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p) {
+  const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
+  const bool pointwise = is_pointwise(p);
+  parallel_for(p.N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<T> dcol(pointwise ? 0 : K * P);
+    for (int64_t n = n0; n < n1; ++n) {
+      T* dxn = dx + n * p.C * p.H * p.W;
+      if (!pointwise) std::memset(dxn, 0, sizeof(T) * p.C * p.H * p.W);
+      for (int64_t g = 0; g < p.G; ++g) {
+        const T* dyg = dy + (n * p.OC + g * ocpg) * P;
+        T* dxg = dxn + g * p.cpg() * p.H * p.W;
+        if (pointwise) {
+          gemm_tn<T>(K, P, ocpg, w + g * ocpg * K, K, dyg, P, dxg, P, false);
+        } else {
+          gemm_tn<T>(K, P, ocpg, w + g * ocpg * K, K, dyg, P, dcol.data(), P, false);
+          col2im_add(dxg, dcol.data(), p);
+        }
+      }
+    }
+  });
+}
+
+// Samples are cut into a fixed number of chunks (a function of N only); each chunk sums its
+// own partial dw/db, and the partials are added in chunk order: identical for any thread count.
+template <class T>
+void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p) {
+  const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
+  const int64_t wsize = p.OC * K;
+  const bool pointwise = is_pointwise(p);
+  std::fill(dw, dw + wsize, T(0));
+  if (db) std::fill(db, db + p.OC, T(0));
+  if (p.N == 0) return;
+  const int64_t nchunks = std::min<int64_t>(p.N, 8);
+  const int64_t per = (p.N + nchunks - 1) / nchunks;
+  const int64_t nparts = (p.N + per - 1) / per;
+  std::vector<T> partial(static_cast<size_t>(nparts * (wsize + p.OC)), T(0));
+  parallel_for(nparts, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<T> col(pointwise ? 0 : K * P);
+    for (int64_t c = c0; c < c1; ++c) {
+      T* pw = partial.data() + c * (wsize + p.OC);
+      T* pb = pw + wsize;
+      for (int64_t n = c * per; n < std::min(p.N, (c + 1) * per); ++n) {
+        for (int64_t g = 0; g < p.G; ++g) {
+          const T* xg = x + (n * p.C + g * p.cpg()) * p.H * p.W;
+          const T* dyg = dy + (n * p.OC + g * ocpg) * P;
+          const T* src = xg;
+          if (!pointwise) {
+            im2col(col.data(), xg, p);
+            src = col.data();
+          }
+          gemm_nt<T>(ocpg, K, P, dyg, P, src, P, pw + g * ocpg * K, K, true);
+          for (int64_t o = 0; o < ocpg; ++o) {
+            const T* d = dyg + o * P;
+            T s = 0;
+            for (int64_t i = 0; i < P; ++i) s += d[i];
+            pb[g * ocpg + o] += s;
+          }
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < nparts; ++c) {
+    const T* pw = partial.data() + c * (wsize + p.OC);
+    for (int64_t i = 0; i < wsize; ++i) dw[i] += pw[i];
+    if (db)
+      for (int64_t o = 0; o < p.OC; ++o) db[o] += pw[wsize + o];
+  }
+}
+
+#define DK_INSTANTIATE(T)                                                                  \
+  template void conv2d_forward<T>(T*, const T*, const T*, const T*, const Conv2dParams&);  \
+  template void conv2d_backward_input<T>(T*, const T*, const T*, const Conv2dParams&);     \
+  template void conv2d_backward_weight<T>(T*, T*, const T*, const T*, const Conv2dParams&);
+DK_INSTANTIATE(float)
+DK_INSTANTIATE(double)
+#undef DK_INSTANTIATE
+
+}  // namespace dk::cpu

@@ -1,0 +1,150 @@
+// pool2d.cpp: max and average pooling over 2-D windows, forward and backward.
+//
+// Shape legend: N batch, C channels, H W input, OH OW output; kh kw window, sh sw stride,
+// ph pw zero padding, dh dw dilation (max pooling only).
+// Window of output (oh, ow): rows oh*sh - ph + i*dh for i < kh, columns likewise.
+//
+// max:  y = the largest value in the window; NaN wins (a window holding NaN gives NaN and the
+//       index of its last NaN, as PyTorch); ties keep the first occurrence in row-major order;
+//       idx = ih*W + iw, the flat index into the input plane.
+// avg:  y = sum(window inside the input) / divisor. The window is clipped to the padded
+//       input [-ph, H+ph) (so a ceil_mode overhang never counts); divisor = the clipped size
+//       when count_include_pad, else the number of taps inside the real input.
+// Every plane (n, c) is independent: all four kernels parallelize over planes and are
+// serial (hence deterministic) within a plane.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/check.h"
+#include "common/parallel.h"
+#include "kernels.h"
+
+namespace dk::cpu {
+
+template <class T>
+void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p) {
+  const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
+  parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const T* xp = x + q * HW;
+      T* yp = y + q * OHW;
+      int64_t* ip = idx + q * OHW;
+      for (int64_t oh = 0; oh < p.OH; ++oh) {
+        int64_t h0 = oh * p.sh - p.ph;
+        int64_t hs = h0, he = std::min(h0 + (p.kh - 1) * p.dh + 1, p.H);
+        while (hs < 0) hs += p.dh;  // first tap inside the input
+        for (int64_t ow = 0; ow < p.OW; ++ow) {
+          int64_t w0 = ow * p.sw - p.pw;
+          int64_t ws = w0, we = std::min(w0 + (p.kw - 1) * p.dw + 1, p.W);
+          while (ws < 0) ws += p.dw;
+          T best = -std::numeric_limits<T>::infinity();
+          // a valid in-plane index even if every tap is -inf (or, with dilation, no tap
+          // falls inside the input at all: then y = -inf, as in PyTorch)
+          int64_t besti = std::min(hs, p.H - 1) * p.W + std::min(ws, p.W - 1);
+          for (int64_t ih = hs; ih < he; ih += p.dh) {
+            for (int64_t iw = ws; iw < we; iw += p.dw) {
+              const T v = xp[ih * p.W + iw];
+              if (v > best || std::isnan(v)) {
+                best = v;
+                besti = ih * p.W + iw;
+              }
+            }
+          }
+          yp[oh * p.OW + ow] = best;
+          ip[oh * p.OW + ow] = besti;
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void max_pool2d_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dParams& p) {
+  const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
+  parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      T* dxp = dx + q * HW;
+      const T* dyp = dy + q * OHW;
+      const int64_t* ip = idx + q * OHW;
+      for (int64_t i = 0; i < HW; ++i) dxp[i] = T(0);
+      for (int64_t o = 0; o < OHW; ++o) {
+        const int64_t j = ip[o];
+        DK_CHECK(j >= 0 && j < HW, "max_pool2d_backward: indices[", q * OHW + o, "] = ", j,
+                 " is outside its input plane of ", HW, " elements");
+        dxp[j] += dyp[o];
+      }
+    }
+  });
+}
+
+namespace {
+struct AvgWindow {
+  int64_t hs, he, ws, we;  // taps inside the input: [hs, he) x [ws, we)
+  int64_t divisor;
+};
+
+inline AvgWindow avg_window(const Pool2dParams& p, int64_t oh, int64_t ow) {
+  int64_t hs = oh * p.sh - p.ph, ws = ow * p.sw - p.pw;
+  int64_t he = std::min(hs + p.kh, p.H + p.ph), we = std::min(ws + p.kw, p.W + p.pw);
+  const int64_t padded = (he - hs) * (we - ws);
+  hs = std::max<int64_t>(hs, 0);
+  ws = std::max<int64_t>(ws, 0);
+  he = std::min(he, p.H);
+  we = std::min(we, p.W);
+  const int64_t inside = std::max<int64_t>(he - hs, 0) * std::max<int64_t>(we - ws, 0);
+  return {hs, he, ws, we, p.count_include_pad ? padded : inside};
+}
+}  // namespace
+
+template <class T>
+void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
+  const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
+  parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const T* xp = x + q * HW;
+      T* yp = y + q * OHW;
+      for (int64_t oh = 0; oh < p.OH; ++oh) {
+        for (int64_t ow = 0; ow < p.OW; ++ow) {
+          const AvgWindow a = avg_window(p, oh, ow);
+          T s = 0;
+          for (int64_t ih = a.hs; ih < a.he; ++ih)
+            for (int64_t iw = a.ws; iw < a.we; ++iw) s += xp[ih * p.W + iw];
+          yp[oh * p.OW + ow] = a.divisor > 0 ? s / static_cast<T>(a.divisor) : T(0);
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p) {
+  const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
+  parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      T* dxp = dx + q * HW;
+      const T* dyp = dy + q * OHW;
+      for (int64_t i = 0; i < HW; ++i) dxp[i] = T(0);
+      for (int64_t oh = 0; oh < p.OH; ++oh) {
+        for (int64_t ow = 0; ow < p.OW; ++ow) {
+          const AvgWindow a = avg_window(p, oh, ow);
+          if (a.divisor <= 0) continue;
+          const T g = dyp[oh * p.OW + ow] / static_cast<T>(a.divisor);
+          for (int64_t ih = a.hs; ih < a.he; ++ih)
+            for (int64_t iw = a.ws; iw < a.we; ++iw) dxp[ih * p.W + iw] += g;
+        }
+      }
+    }
+  });
+}
+
+#define DK_INSTANTIATE(T)                                                                   \
+  template void max_pool2d_forward<T>(T*, int64_t*, const T*, const Pool2dParams&);         \
+  template void max_pool2d_backward<T>(T*, const T*, const int64_t*, const Pool2dParams&);  \
+  template void avg_pool2d_forward<T>(T*, const T*, const Pool2dParams&);                   \
+  template void avg_pool2d_backward<T>(T*, const T*, const Pool2dParams&);
+DK_INSTANTIATE(float)
+DK_INSTANTIATE(double)
+#undef DK_INSTANTIATE
+
+}  // namespace dk::cpu

@@ -1,0 +1,51 @@
+// kernels.h: deepkern's internal C++ API, the seam between kernels and bindings.
+//
+// Raw pointers plus a params struct, outputs first (llm.c's order). No pybind11, no Python
+// types: the bindings (csrc/bindings/) check arrays and release the GIL, the kernels here
+// compute. Every kernel is instantiated for float and double, parallel over the threads
+// set by dk::set_num_threads, and bitwise deterministic for any thread count.
+#pragma once
+#include <cstdint>
+
+#include "common/params.h"
+
+namespace dk::cpu {
+
+// ---- conv2d.cpp          x (N,C,H,W)  w (OC,C/G,KH,KW)  b (OC) or null  y (N,OC,OH,OW)
+template <class T> void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p);
+template <class T> void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p);
+// db may be null (no bias)
+template <class T> void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p);
+
+// ---- pool2d.cpp          x (N,C,H,W)  y, idx (N,C,OH,OW); idx = flat index into the H*W plane
+template <class T> void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p);
+// Throws std::invalid_argument if an index lies outside its plane (dx is then garbage:
+// callers pass a fresh buffer).
+template <class T> void max_pool2d_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dParams& p);
+template <class T> void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p);
+template <class T> void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p);
+
+// ---- batch_norm.cpp      x (N,C,HW); per-channel arrays (C); w, b, running stats may be null
+template <class T>
+void batch_norm_forward_train(T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                              const T* x, const T* w, const T* b, const BatchNormParams& p);
+template <class T>
+void batch_norm_forward_eval(T* y, T* save_mean, T* save_invstd, const T* x, const T* w,
+                             const T* b, const T* running_mean, const T* running_var,
+                             const BatchNormParams& p);
+// dw, db may be null (no affine weight)
+template <class T>
+void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w,
+                         const T* save_mean, const T* save_invstd, bool training,
+                         const BatchNormParams& p);
+
+// ---- dropout.cpp         any shape, n elements; mask uint8 0/1
+template <class T> void dropout_forward(T* y, uint8_t* mask, const T* x, int64_t n, double p, uint64_t seed);
+template <class T> void dropout_backward(T* dx, const T* dy, const uint8_t* mask, int64_t n, double p);
+void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed);
+
+// ---- activation.cpp      any shape, n elements
+template <class T> void relu_forward(T* y, const T* x, int64_t n);
+template <class T> void relu_backward(T* dx, const T* dy, const T* y, int64_t n);
+
+}  // namespace dk::cpu

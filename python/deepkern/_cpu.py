@@ -1,0 +1,111 @@
+"""The ``cpu`` backend: allocate outputs, call the C++ kernels of ``_C``.
+
+Same function names and argument order as ``deepkern.reference``; arguments arrive validated
+and normalized by ``deepkern.functional`` (pairs as tuples, inputs C-contiguous, one dtype).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+from .reference import window_out_size
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    N, _, H, W = x.shape
+    OC, _, KH, KW = weight.shape
+    OH = window_out_size(H, KH, stride[0], padding[0], dilation[0])
+    OW = window_out_size(W, KW, stride[1], padding[1], dilation[1])
+    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    _C.conv2d_forward(y, x, weight, bias, stride, padding, dilation, groups)
+    return y
+
+
+def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias):
+    grad_x = np.empty_like(x)
+    grad_w = np.empty_like(weight)
+    grad_b = np.empty(weight.shape[0], dtype=x.dtype) if bias else None
+    _C.conv2d_backward_input(grad_x, grad_out, weight, stride, padding, dilation, groups)
+    _C.conv2d_backward_weight(grad_w, grad_b, grad_out, x, stride, padding, dilation, groups)
+    return grad_x, grad_w, grad_b
+
+
+def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
+    N, C, H, W = x.shape
+    OH = window_out_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+    OW = window_out_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    idx = np.empty((N, C, OH, OW), dtype=np.int64)
+    _C.max_pool2d_forward(y, idx, x, kernel_size, stride, padding, dilation, ceil_mode)
+    return y, idx
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    grad_x = np.empty(input_shape, dtype=grad_out.dtype)
+    _C.max_pool2d_backward(grad_x, grad_out, indices)
+    return grad_x
+
+
+def avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    N, C, H, W = x.shape
+    OH = window_out_size(H, kernel_size[0], stride[0], padding[0], 1, ceil_mode)
+    OW = window_out_size(W, kernel_size[1], stride[1], padding[1], 1, ceil_mode)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    _C.avg_pool2d_forward(y, x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+    return y
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, ceil_mode,
+                        count_include_pad):
+    grad_x = np.empty(input_shape, dtype=grad_out.dtype)
+    _C.avg_pool2d_backward(grad_x, grad_out, kernel_size, stride, padding, ceil_mode,
+                           count_include_pad)
+    return grad_x
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    C = x.shape[1]
+    y = np.empty_like(x)
+    save_mean = np.empty(C, dtype=x.dtype)
+    save_invstd = np.empty(C, dtype=x.dtype)
+    _C.batch_norm_forward(y, save_mean, save_invstd, x, weight, bias, running_mean, running_var,
+                          training, momentum, eps)
+    return y, save_mean, save_invstd
+
+
+def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training):
+    C = x.shape[1]
+    grad_x = np.empty_like(x)
+    grad_w = np.empty(C, dtype=x.dtype) if weight is not None else None
+    grad_b = np.empty(C, dtype=x.dtype) if weight is not None else None
+    _C.batch_norm_backward(grad_x, grad_w, grad_b, grad_out, x, weight, save_mean, save_invstd,
+                           training)
+    return grad_x, grad_w, grad_b
+
+
+def dropout(x, p, training, seed):
+    if not training or p == 0:
+        return x.copy(), np.ones(x.shape, dtype=np.uint8)
+    y = np.empty_like(x)
+    mask = np.empty(x.shape, dtype=np.uint8)
+    _C.dropout_forward(y, mask, x, p, seed)
+    return y, mask
+
+
+def dropout_backward(grad_out, mask, p):
+    grad_x = np.empty_like(grad_out)
+    _C.dropout_backward(grad_x, grad_out, mask, p)
+    return grad_x
+
+
+def relu(x):
+    y = np.empty_like(x)
+    _C.relu_forward(y, x)
+    return y
+
+
+def relu_backward(grad_out, y):
+    grad_x = np.empty_like(grad_out)
+    _C.relu_backward(grad_x, grad_out, y)
+    return grad_x

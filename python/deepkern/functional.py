@@ -1,0 +1,378 @@
+"""deepkern.functional: the ops, as forward/backward function pairs.
+
+Every function validates its arguments (``TypeError`` for array kinds and dtypes,
+``ValueError`` for shapes and arguments) before anything is allocated or written, then runs
+on the backend its arrays select: NumPy arrays on ``cpu`` (C++/OpenMP), or on the NumPy
+reference inside ``deepkern.use_backend("numpy")``; CUDA arrays on ``cuda``. Inputs are never
+modified (only ``batch_norm``'s running statistics are updated in place, as documented).
+Non-contiguous inputs are copied to C order first. Layout is NCHW; conv2d and the pools also
+accept an unbatched (C, H, W) input, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _backend
+from . import _validate as V
+from .reference import window_out_size
+
+__all__ = [
+    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+    "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
+    "relu", "relu_backward",
+]
+
+
+def _contig(a):
+    """C-contiguous version of an input array (CUDA arrays are handled by their backend)."""
+    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+        return np.ascontiguousarray(a)
+    return a
+
+
+def _batched(x, name):
+    """(C, H, W) -> (1, C, H, W); returns (x4, was_unbatched)."""
+    V.check_ndim(x, name, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
+    if x.ndim == 3:
+        return x.reshape((1,) + tuple(x.shape)), True
+    return x, False
+
+
+# ---------------------------------------------------------------------------- conv2d
+
+def _conv_args(x, weight, stride, padding, dilation, groups):
+    s = V.check_positive_pair(V.pair(stride, "stride"), "stride", "non-positive stride is not supported")
+    p = V.pair(padding, "padding")
+    if p[0] < 0 or p[1] < 0:
+        raise ValueError(f"negative padding is not supported, but got padding={p}")
+    d = V.check_positive_pair(V.pair(dilation, "dilation"), "dilation", "dilation should be greater than zero")
+    g = V.as_int(groups, "groups", 1, f"non-positive groups is not supported, but got groups={groups}")
+    V.check_ndim(weight, "conv2d weight", (4,), "(OC, C/groups, KH, KW)")
+    N, C, H, W = (int(v) for v in x.shape)
+    OC, cpg, KH, KW = (int(v) for v in weight.shape)
+    if OC == 0 or cpg == 0 or KH == 0 or KW == 0:
+        raise ValueError(f"conv2d: weight of shape {V.shape_str(weight.shape)} has a zero dimension")
+    if OC % g != 0:
+        raise ValueError(f"Given groups={g}, expected weight to be divisible by {g} at dimension 0, "
+                         f"but got weight of size {V.shape_str(weight.shape)} instead")
+    if C != cpg * g:
+        raise ValueError(f"Given groups={g}, weight of size {V.shape_str(weight.shape)}, expected input "
+                         f"{V.shape_str(x.shape)} to have {cpg * g} channels, but got {C} channels instead")
+    if H == 0 or W == 0:
+        raise ValueError(f"conv2d: input of shape {V.shape_str(x.shape)} has an empty spatial dimension")
+    ekh, ekw = d[0] * (KH - 1) + 1, d[1] * (KW - 1) + 1
+    if H + 2 * p[0] < ekh or W + 2 * p[1] < ekw:
+        raise ValueError(f"Calculated padded input size per channel: ({H + 2 * p[0]} x {W + 2 * p[1]}). "
+                         f"Kernel size: ({ekh} x {ekw}). Kernel size can't be greater than actual input size")
+    OH, OW = window_out_size(H, KH, s[0], p[0], d[0]), window_out_size(W, KW, s[1], p[1], d[1])
+    V.check_numel((N, OC, OH, OW), x.dtype, "conv2d output")
+    return s, p, d, g, (N, OC, OH, OW)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W) or (C, H, W); weight: (OC, C/groups, KH, KW); bias: (OC,) or None.
+    Returns y: (N, OC, OH, OW) with OH = floor((H + 2*ph - dh*(KH-1) - 1)/sh) + 1 (same for OW).
+    """
+    V.float_array(x, "x")
+    V.float_array(weight, "weight")
+    if bias is not None:
+        V.float_array(bias, "bias")
+    V.same_dtype("conv2d", x=x, weight=weight, bias=bias)
+    x4, unbatched = _batched(x, "conv2d")
+    s, p, d, g, _ = _conv_args(x4, weight, stride, padding, dilation, groups)
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"conv2d: bias must have shape ({weight.shape[0]},), got {V.shape_str(bias.shape)}")
+    be = _backend.for_arrays(x, weight, bias)
+    y = be.conv2d(_contig(x4), _contig(weight), _contig(bias), s, p, d, g)
+    return y[0] if unbatched else y
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    """Gradients of conv2d: returns (grad_x, grad_weight, grad_bias).
+
+    grad_out: the forward output's shape; grad_bias is None when ``bias=False``.
+    """
+    for a, n in ((grad_out, "grad_out"), (x, "x"), (weight, "weight")):
+        V.float_array(a, n)
+    V.same_dtype("conv2d_backward", grad_out=grad_out, x=x, weight=weight)
+    bias = V.as_bool(bias, "bias")
+    x4, unbatched = _batched(x, "conv2d_backward")
+    s, p, d, g, yshape = _conv_args(x4, weight, stride, padding, dilation, groups)
+    dy4 = grad_out.reshape((1,) + tuple(grad_out.shape)) if unbatched and grad_out.ndim == 3 else grad_out
+    if tuple(dy4.shape) != yshape:
+        want = yshape[1:] if unbatched else yshape
+        raise ValueError(f"conv2d_backward: grad_out has shape {V.shape_str(grad_out.shape)}, "
+                         f"expected {V.shape_str(want)}")
+    be = _backend.for_arrays(grad_out, x, weight)
+    gx, gw, gb = be.conv2d_backward(_contig(dy4), _contig(x4), _contig(weight), s, p, d, g, bias)
+    return (gx[0] if unbatched else gx), gw, gb
+
+
+# ---------------------------------------------------------------------------- pooling
+
+def _pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op):
+    k = V.check_positive_pair(V.pair(kernel_size, "kernel_size"), "kernel_size",
+                              "kernel size should be greater than zero")
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
+        V.check_positive_pair(V.pair(stride, "stride"), "stride", "stride should be greater than zero")
+    p = V.pair(padding, "padding")
+    if p[0] < 0 or p[1] < 0:
+        raise ValueError(f"pad must be non-negative, but got padding={p}")
+    d = V.check_positive_pair(V.pair(dilation, "dilation"), "dilation", "dilation should be greater than zero")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p}, "
+                         f"kernel_size={k} and dilation={d}")
+    ceil_mode = V.as_bool(ceil_mode, "ceil_mode")
+    N, C, H, W = (int(v) for v in x.shape)
+    if C == 0 or H == 0 or W == 0:
+        raise ValueError(f"{op}: expected input with non-zero channel and spatial sizes "
+                         f"(an empty batch is fine), got {V.shape_str(x.shape)}")
+    OH = window_out_size(H, k[0], s[0], p[0], d[0], ceil_mode)
+    OW = window_out_size(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"Given input size: ({C}x{H}x{W}). Calculated output size: ({C}x{OH}x{OW}). "
+                         "Output size is too small")
+    return k, s, p, d, ceil_mode, (N, C, OH, OW)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Max pooling with indices, as ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
+
+    x: (N, C, H, W) or (C, H, W). Returns (y, indices), both (N, C, OH, OW); indices are int64
+    flat positions ih*W + iw in each input plane. NaN propagates; ties pick the first tap.
+    """
+    V.float_array(x, "x")
+    x4, unbatched = _batched(x, "max_pool2d")
+    k, s, p, d, cm, _ = _pool_args(x4, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    y, idx = _backend.for_arrays(x).max_pool2d(_contig(x4), k, s, p, d, cm)
+    return (y[0], idx[0]) if unbatched else (y, idx)
+
+
+def _input_shape(input_shape):
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (3, 4):
+        raise ValueError(f"input_shape must be a tuple (N, C, H, W) or (C, H, W), got {input_shape!r}")
+    shape = tuple(V.as_int(v, "input_shape", 0) for v in input_shape)
+    return shape
+
+
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """Gradient of max_pool2d: grad_out is routed to the input positions in ``indices``.
+
+    An index outside its H*W plane is a ValueError (nothing is written).
+    """
+    V.float_array(grad_out, "grad_out")
+    V.array_kind(indices, "indices")
+    if V.dtype_of(indices) != np.int64:
+        raise TypeError(f"indices must be int64, got {V.dtype_of(indices).name}")
+    shape = _input_shape(input_shape)
+    unbatched = len(shape) == 3
+    shape4 = (1,) + shape if unbatched else shape
+    if tuple(grad_out.shape) != tuple(indices.shape):
+        raise ValueError(f"max_pool2d_backward: indices has shape {V.shape_str(indices.shape)}, "
+                         f"expected grad_out's {V.shape_str(grad_out.shape)}")
+    if grad_out.ndim != len(shape) or tuple(grad_out.shape[:-2]) != shape[:-2]:
+        raise ValueError(f"max_pool2d_backward: grad_out of shape {V.shape_str(grad_out.shape)} does not "
+                         f"match input_shape {V.shape_str(shape)}")
+    if shape4[2] == 0 or shape4[3] == 0:
+        raise ValueError(f"max_pool2d_backward: input_shape {V.shape_str(shape)} has an empty plane")
+    dy4 = grad_out.reshape((1,) + tuple(grad_out.shape)) if unbatched else grad_out
+    idx4 = indices.reshape((1,) + tuple(indices.shape)) if unbatched else indices
+    be = _backend.for_arrays(grad_out, indices)
+    gx = be.max_pool2d_backward(_contig(dy4), _contig(idx4), shape4)
+    return gx[0] if unbatched else gx
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d`` (no divisor_override).
+
+    x: (N, C, H, W) or (C, H, W) -> y (N, C, OH, OW). The divisor is the window clipped to the
+    padded input if count_include_pad, else the number of real input taps (a ceil_mode
+    overhang beyond the padding never counts). A window without real taps gives 0 where
+    PyTorch gives NaN (pytorch#36977); with padding <= kernel/2 that cannot happen.
+    """
+    V.float_array(x, "x")
+    x4, unbatched = _batched(x, "avg_pool2d")
+    k, s, p, _, cm, _ = _pool_args(x4, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    cip = V.as_bool(count_include_pad, "count_include_pad")
+    y = _backend.for_arrays(x).avg_pool2d(_contig(x4), k, s, p, cm, cip)
+    return y[0] if unbatched else y
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True):
+    """Gradient of avg_pool2d: each output's gradient / divisor goes to its window's taps."""
+    V.float_array(grad_out, "grad_out")
+    shape = _input_shape(input_shape)
+    unbatched = len(shape) == 3
+    shape4 = (1,) + shape if unbatched else shape
+    probe = np.empty((0,) + shape4[1:], dtype=np.uint8)  # shape carrier for the checks only
+    k, s, p, _, cm, yshape = _pool_args(probe, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d_backward")
+    cip = V.as_bool(count_include_pad, "count_include_pad")
+    want = (shape4[0],) + yshape[1:]
+    dy4 = grad_out.reshape((1,) + tuple(grad_out.shape)) if unbatched and grad_out.ndim == 3 else grad_out
+    if tuple(dy4.shape) != want:
+        raise ValueError(f"avg_pool2d_backward: grad_out has shape {V.shape_str(grad_out.shape)}, "
+                         f"expected {V.shape_str(want[1:] if unbatched else want)}")
+    gx = _backend.for_arrays(grad_out).avg_pool2d_backward(_contig(dy4), shape4, k, s, p, cm, cip)
+    return gx[0] if unbatched else gx
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+def _channel_vec(a, name, C, dtype):
+    if a is None:
+        return None
+    V.float_array(a, name)
+    if V.dtype_of(a) != dtype:
+        raise TypeError(f"batch_norm: {name} is {V.dtype_of(a).name} but x is {np.dtype(dtype).name}")
+    if tuple(a.shape) != (C,):
+        raise ValueError(f"{name} should contain {C} elements not {int(np.prod(a.shape))}"
+                         if a.ndim == 1 else f"{name} must have shape ({C},), got {V.shape_str(a.shape)}")
+    return a
+
+
+def _inplace_target(a, name, x):
+    """An array batch_norm writes into: never silently copied (RELIABILITY.md C3)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    if not a.flags.c_contiguous:
+        raise ValueError(f"batch_norm: {name} must be C-contiguous (it is updated in place)")
+    if not a.flags.writeable:
+        raise ValueError(f"batch_norm: {name} is not writeable (it is updated in place)")
+    if np.may_share_memory(a, x):
+        raise ValueError(f"batch_norm: {name} must not share memory with x")
+    return a
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Batch normalization, as ``torch.nn.functional.batch_norm``; returns (y, save_mean, save_invstd).
+
+    x: (N, C, H, W) or (N, C); weight, bias, running_mean, running_var: (C,) or None.
+    training: batch mean and biased variance normalize; running stats (if given) are updated
+    in place, running_var with the unbiased variance. eval: running stats required, untouched;
+    save_mean = running_mean, save_invstd = 1/sqrt(running_var + eps).
+    ``momentum`` must be finite (values outside [0, 1] are accepted, as in PyTorch).
+    """
+    V.float_array(x, "x")
+    V.check_ndim(x, "batch_norm", (2, 4), "(N, C) or (N, C, H, W)")
+    training = V.as_bool(training, "training")
+    momentum = V.check_finite(V.as_float(momentum, "momentum"), "momentum")
+    eps = V.as_float(eps, "eps")
+    if not (eps > 0) or not np.isfinite(eps):
+        raise ValueError(f"batch_norm: eps must be positive and finite, got {eps}")
+    dt, C = V.dtype_of(x), int(x.shape[1])
+    if C == 0:
+        raise ValueError("batch_norm: x has no channels")
+    weight = _channel_vec(weight, "weight", C, dt)
+    bias = _channel_vec(bias, "bias", C, dt)
+    running_mean = _channel_vec(running_mean, "running_mean", C, dt)
+    running_var = _channel_vec(running_var, "running_var", C, dt)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+    if training and running_mean is not None:
+        _inplace_target(running_mean, "running_mean", x)
+        _inplace_target(running_var, "running_var", x)
+        if np.may_share_memory(running_mean, running_var):
+            raise ValueError("batch_norm: running_mean and running_var must not share memory")
+    M = x.size // C if C else 0
+    if training and M <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {V.shape_str(x.shape)}")
+    be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
+    return be.batch_norm(_contig(x), _contig(weight), _contig(bias), running_mean, running_var,
+                         training, momentum, eps)
+
+
+def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=True):
+    """Gradients of batch_norm: returns (grad_x, grad_weight, grad_bias).
+
+    grad_weight and grad_bias are None when weight is None. save_mean and save_invstd are
+    the ones batch_norm returned.
+    """
+    for a, n in ((grad_out, "grad_out"), (x, "x"), (save_mean, "save_mean"), (save_invstd, "save_invstd")):
+        V.float_array(a, n)
+    V.same_dtype("batch_norm_backward", grad_out=grad_out, x=x, weight=weight,
+                 save_mean=save_mean, save_invstd=save_invstd)
+    V.check_ndim(x, "batch_norm_backward", (2, 4), "(N, C) or (N, C, H, W)")
+    training = V.as_bool(training, "training")
+    if tuple(grad_out.shape) != tuple(x.shape):
+        raise ValueError(f"batch_norm_backward: grad_out has shape {V.shape_str(grad_out.shape)}, "
+                         f"expected x's {V.shape_str(x.shape)}")
+    C, dt = int(x.shape[1]), V.dtype_of(x)
+    weight = _channel_vec(weight, "weight", C, dt)
+    _channel_vec(save_mean, "save_mean", C, dt)
+    _channel_vec(save_invstd, "save_invstd", C, dt)
+    be = _backend.for_arrays(grad_out, x, weight, save_mean, save_invstd)
+    return be.batch_norm_backward(_contig(grad_out), _contig(x), _contig(weight), _contig(save_mean),
+                                  _contig(save_invstd), training)
+
+
+# ---------------------------------------------------------------------------- dropout
+
+def _probability(p):
+    p = V.as_float(p, "p")
+    if not (0.0 <= p <= 1.0):
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return p
+
+
+def _seed(seed):
+    if seed is None:
+        from . import _next_seed
+        return _next_seed()
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def dropout(x, p=0.5, training=True, seed=None):
+    """Inverted dropout: returns (y, mask) with y = x * mask / (1 - p), mask uint8 of x's shape.
+
+    The mask is a pure function of (seed, flat index): the same on any thread count, dtype,
+    shape and backend. ``seed=None`` draws the next seed from the stream ``manual_seed`` sets.
+    training=False or p=0: y equals x and the mask is all ones; p=1: zeros.
+    """
+    V.float_array(x, "x")
+    p = _probability(p)
+    training = V.as_bool(training, "training")
+    seed = _seed(seed)
+    return _backend.for_arrays(x).dropout(_contig(x), p, training, seed)
+
+
+def dropout_backward(grad_out, mask, p):
+    """grad_x = grad_out * mask / (1 - p) (zeros when p = 1)."""
+    V.float_array(grad_out, "grad_out")
+    V.array_kind(mask, "mask")
+    if V.dtype_of(mask) != np.uint8:
+        raise TypeError(f"mask must be uint8, got {V.dtype_of(mask).name}")
+    if tuple(mask.shape) != tuple(grad_out.shape):
+        raise ValueError(f"dropout_backward: mask has shape {V.shape_str(mask.shape)}, "
+                         f"expected grad_out's {V.shape_str(grad_out.shape)}")
+    p = _probability(p)
+    return _backend.for_arrays(grad_out, mask).dropout_backward(_contig(grad_out), _contig(mask), p)
+
+
+# ---------------------------------------------------------------------------- relu
+
+def relu(x):
+    """y = max(x, 0) element-wise (NaN stays NaN), any shape."""
+    V.float_array(x, "x")
+    return _backend.for_arrays(x).relu(_contig(x))
+
+
+def relu_backward(grad_out, y):
+    """grad_x = grad_out where y > 0, else 0; y is relu's output."""
+    V.float_array(grad_out, "grad_out")
+    V.float_array(y, "y")
+    V.same_dtype("relu_backward", grad_out=grad_out, y=y)
+    if tuple(grad_out.shape) != tuple(y.shape):
+        raise ValueError(f"relu_backward: y has shape {V.shape_str(y.shape)}, expected grad_out's "
+                         f"{V.shape_str(grad_out.shape)}")
+    return _backend.for_arrays(grad_out, y).relu_backward(_contig(grad_out), _contig(y))
