@@ -107,9 +107,20 @@ def cmd_demo(args):
     return 0
 
 
+# Commands defined in other modules register here: (name, "module:function_adding_parser").
+# Each function receives the subparsers object and adds its parser with set_defaults(func=...).
+# The module is imported when the parser is built, so keep those imports light.
+EXTERNAL_COMMANDS = []
+
+
 def _parser():
+    import importlib
+
     p = argparse.ArgumentParser(prog="deepkern", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    for _name, target in EXTERNAL_COMMANDS:
+        mod, fn = target.split(":")
+        getattr(importlib.import_module(mod), fn)(sub)
 
     sp = sub.add_parser("info", help="what this build and this machine can do")
     sp.set_defaults(func=cmd_info)
