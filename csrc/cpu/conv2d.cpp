@@ -16,9 +16,13 @@
 // deepkern.reference.conv2d is the same computation written with NumPy.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "common/parallel.h"
+#include "common/cpu_features.h"
+#include "cpu/conv2d_algo.h"
 #include "cpu/gemm.h"
 #include "kernels.h"
 
@@ -82,11 +86,9 @@ void col2im_add(T* __restrict dxg, const T* __restrict dcol, const Conv2dParams&
   }
 }
 
-}  // namespace
-
 // Parallelize over samples n; each chunk of samples owns an im2col workspace.
 template <class T>
-void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+void portable_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
   const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
   const bool pointwise = is_pointwise(p);
   parallel_for(p.N, 1, [&](int64_t n0, int64_t n1) {
@@ -115,7 +117,7 @@ void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams
 
 // Parallelize over samples n: each sample's dx is independent.
 template <class T>
-void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p) {
+void portable_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p) {
   const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
   const bool pointwise = is_pointwise(p);
   parallel_for(p.N, 1, [&](int64_t n0, int64_t n1) {
@@ -140,7 +142,7 @@ void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p
 // Samples are cut into a fixed number of chunks (a function of N only); each chunk sums its
 // own partial dw/db, and the partials are added in chunk order: identical for any thread count.
 template <class T>
-void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p) {
+void portable_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p) {
   const int64_t P = p.OH * p.OW, K = p.cpg() * p.KH * p.KW, ocpg = p.ocpg();
   const int64_t wsize = p.OC * K;
   const bool pointwise = is_pointwise(p);
@@ -182,6 +184,88 @@ void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dP
     if (db)
       for (int64_t o = 0; o < p.OC; ++o) db[o] += pw[wsize + o];
   }
+}
+
+}  // namespace
+
+const char* conv_algo_name(ConvAlgo a) {
+  switch (a) {
+    case ConvAlgo::flat: return "flat";
+    case ConvAlgo::direct: return "direct";
+    default: return "portable";
+  }
+}
+
+// The algorithm for one call. The fast float32 kernels need AVX2 + FMA at least.
+ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
+  if (isa == Isa::scalar) return ConvAlgo::portable;
+  switch (dir) {
+    case ConvDir::forward:
+      // stride 1 and OW == W: every tap is a flat shift of the input plane (implicit im2col
+      // with vector loads, no im2col buffer)
+      if (p.sh == 1 && p.sw == 1 && p.OW == p.W) return ConvAlgo::flat;
+      return ConvAlgo::portable;
+    case ConvDir::backward_input:
+      // stride 1: dx is the forward convolution of dy with the flipped, transposed weights;
+      // flat when that convolution is (W == OW)
+      if (p.sh == 1 && p.sw == 1 && p.W == p.OW && p.ph <= p.dh * (p.KH - 1) &&
+          p.pw <= p.dw * (p.KW - 1))
+        return ConvAlgo::flat;
+      return ConvAlgo::portable;
+    case ConvDir::backward_weight:
+      // any stride, padding, dilation: outer products over output pixels, oc vectorized
+      return ConvAlgo::direct;
+  }
+  return ConvAlgo::portable;
+}
+
+namespace {
+template <class F512, class F2>
+void run_fast(Isa isa, const F512& f512, const F2& f2) {
+#ifdef DK_HAVE_X86_VARIANTS
+  if (isa == Isa::avx512) return f512();
+  return f2();
+#else
+  (void)isa; (void)f512; (void)f2;
+  throw std::logic_error("fast conv2d kernels are not built");
+#endif
+}
+}  // namespace
+
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Isa isa = active_isa();
+    const ConvAlgo a = choose_conv_algo(p, ConvDir::forward, isa);
+    if (a != ConvAlgo::portable)
+      return run_fast(isa, [&] { avx512::conv2d_forward_f32(y, x, w, b, p, a, false); },
+                      [&] { avx2::conv2d_forward_f32(y, x, w, b, p, a, false); });
+  }
+  portable_forward(y, x, w, b, p);
+}
+
+template <class T>
+void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Isa isa = active_isa();
+    const ConvAlgo a = choose_conv_algo(p, ConvDir::backward_input, isa);
+    if (a != ConvAlgo::portable)
+      return run_fast(isa, [&] { avx512::conv2d_backward_input_f32(dx, dy, w, p, a); },
+                      [&] { avx2::conv2d_backward_input_f32(dx, dy, w, p, a); });
+  }
+  portable_backward_input(dx, dy, w, p);
+}
+
+template <class T>
+void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Isa isa = active_isa();
+    const ConvAlgo a = choose_conv_algo(p, ConvDir::backward_weight, isa);
+    if (a != ConvAlgo::portable)
+      return run_fast(isa, [&] { avx512::conv2d_backward_weight_f32(dw, db, dy, x, p, a); },
+                      [&] { avx2::conv2d_backward_weight_f32(dw, db, dy, x, p, a); });
+  }
+  portable_backward_weight(dw, db, dy, x, p);
 }
 
 #define DK_INSTANTIATE(T)                                                                  \

@@ -1,0 +1,82 @@
+// simd.h: the handful of float-vector operations the fast kernels are written in, for one ISA.
+//
+// Included by the *_avx2.cpp / *_avx512.cpp translation units (compiled with their own -m
+// flags) inside a namespace named by DK_ISA_NS, so the AVX-512 and AVX2 copies of every
+// template never meet at link time. Each ISA is a struct of static functions over its vector
+// type; kernels are templates over that struct (`template <class S> ... S::fma(a, b, c)`), so
+// one kernel source gives both variants.
+//
+//   S::L           lanes per vector (16 for AVX-512, 8 for AVX2)
+//   S::V           the vector type;  S::M a lane mask (from the low L bits of a uint32)
+//   load/store     unaligned;  loadm/storem masked (masked-off lanes are neither read nor
+//                  written, so a masked load may point past the end of an array)
+#ifndef DK_ISA_NS
+#error "define DK_ISA_NS before including simd.h"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace dk::cpu::DK_ISA_NS {
+
+#if defined(__AVX512F__)
+struct Simd {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static const char* name() { return "avx512"; }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float v) { return _mm512_set1_ps(v); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
+  static M mask(uint32_t bits) { return static_cast<M>(bits); }
+  static V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void storem(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct Simd {
+  using V = __m256;
+  using M = __m256i;  // all-ones lanes are on
+  static constexpr int L = 8;
+  static const char* name() { return "avx2"; }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float v) { return _mm256_set1_ps(v); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
+  static M mask(uint32_t bits) {
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i b = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane);
+    return _mm256_cmpeq_epi32(b, lane);
+  }
+  static V loadm(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static void storem(float* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static float hsum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+#else
+#error "simd.h needs -mavx512f or -mavx2 -mfma"
+#endif
+
+// Low n bits set (n in [0, 32]).
+inline uint32_t low_bits(int64_t n) {
+  return n >= 32 ? 0xFFFFFFFFu : n <= 0 ? 0u : (uint32_t(1) << n) - 1u;
+}
+
+}  // namespace dk::cpu::DK_ISA_NS
