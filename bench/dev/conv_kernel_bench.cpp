@@ -1,7 +1,8 @@
-// conv_kernel_bench.cpp: times the pieces of the AVX-512 convolution in isolation, one thread,
-// CPU time (robust on a shared machine). Build and run:
+// conv_kernel_bench.cpp: the AVX-512 convolution pieces in isolation, one thread, CPU time
+// (robust on a shared machine), as a fraction of an FMA loop timed just before each case.
 //   g++ -O3 -std=c++17 -fopenmp -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2 \
-//       -Icsrc bench/dev/conv_kernel_bench.cpp csrc/common/cpu_features.cpp -o /tmp/ckb && /tmp/ckb
+//       -Icsrc bench/dev/conv_kernel_bench.cpp csrc/common/cpu_features.cpp -o /tmp/ckb
+//   /tmp/ckb [N]
 #define DK_ISA_NS avx512
 #include "cpu/conv2d_fast.h"
 
@@ -30,46 +31,55 @@ static double best_of(int reps, F f) {
   return best;
 }
 
+// GFLOP/s of 12 independent FMA chains on one core (the ceiling for this thread right now)
+static double fma_peak() {
+  return 2.0 * 16 * 12 * 2e7 / best_of(3, [] {
+    __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
+    __m512 c[12];
+    for (int j = 0; j < 12; ++j) c[j] = _mm512_set1_ps(float(j));
+    for (long i = 0; i < 20000000; ++i)
+      for (int j = 0; j < 12; ++j) c[j] = _mm512_fmadd_ps(a, c[j], b);
+    float s = 0;
+    for (int j = 0; j < 12; ++j) s += _mm512_reduce_add_ps(c[j]);
+    if (s == 1.2345f) std::printf(" ");
+  }) / 1e9;
+}
+
 int main(int argc, char** argv) {
   dk::set_num_threads(1);
-  const double ghz_peak = 64.0;  // flops per cycle per core (2 x 512-bit FMA); see conv_fma_peak
+  const int64_t N = argc > 1 ? atoll(argv[1]) : 64;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> U(-1, 1);
-  // 1) micro-kernel alone, panels in L1
-  {
-    const int64_t kc = argc > 1 ? atoll(argv[1]) : 96;
-    Buffer a(kc * kMR), b(kc * kNR), c(kMR * 1024);
-    for (int64_t i = 0; i < kc * kMR; ++i) a.data()[i] = U(rng);
-    for (int64_t i = 0; i < kc * kNR; ++i) b.data()[i] = U(rng);
-    Epilogue e;
-    const int calls = 20000;
-    const double t = best_of(5, [&] {
-      for (int i = 0; i < calls; ++i) {
-        e.accumulate = i > 0;
-        ukernel<kMR, kNV>(kc, a.data(), b.data(), c.data(), 1024, e);
-      }
-    });
-    const double flops = 2.0 * kMR * kNR * kc * calls;
-    std::printf("ukernel %dx%d kc=%ld: %.1f GFLOP/s/core = %.1f flops/ns\n", kMR, kNR, (long)kc,
-                flops / t / 1e9, flops / t / 1e9);
-  }
-  // 2) forward_flat on the suite shapes, N = 8, one thread
   struct Case { const char* name; int64_t C, OC, H, k, s, pad; };
-  const Case cases[] = {{"c2", 32, 64, 32, 3, 1, 1}, {"c3", 64, 128, 16, 3, 1, 1},
-                        {"c4", 128, 256, 8, 3, 1, 1}, {"c5", 64, 64, 16, 1, 1, 0}};
+  const Case cases[] = {{"c1", 3, 32, 32, 3, 1, 1},   {"c2", 32, 64, 32, 3, 1, 1},
+                        {"c3", 64, 128, 16, 3, 1, 1}, {"c4", 128, 256, 8, 3, 1, 1},
+                        {"c5", 64, 64, 16, 1, 1, 0},  {"c6", 64, 64, 32, 3, 2, 1}};
+  std::printf("N=%ld, one thread; %% of an FMA loop timed before each case\n", (long)N);
   for (const Case& cs : cases) {
     Conv2dParams p{};
-    p.N = 8; p.C = cs.C; p.H = p.W = cs.H; p.OC = cs.OC; p.KH = p.KW = cs.k;
+    p.N = N; p.C = cs.C; p.H = p.W = cs.H; p.OC = cs.OC; p.KH = p.KW = cs.k;
     p.sh = p.sw = cs.s; p.ph = p.pw = cs.pad; p.dh = p.dw = 1; p.G = 1;
     p.OH = p.OW = (cs.H + 2 * cs.pad - cs.k) / cs.s + 1;
     std::vector<float> x(p.N * p.C * p.H * p.W), w(p.OC * p.C * p.KH * p.KW), y(p.N * p.OC * p.OH * p.OW);
+    std::vector<float> dx(x.size()), dw(w.size()), db(p.OC);
     for (auto& v : x) v = U(rng);
     for (auto& v : w) v = U(rng);
+    for (auto& v : y) v = U(rng);
     const double flops = 2.0 * p.N * p.OC * p.OH * p.OW * p.C * p.KH * p.KW;
-    for (int64_t kc : {0, 48, 96, 144, 192, 288, 576, 1152}) {
-      const double t = best_of(5, [&] { forward_flat(y.data(), x.data(), w.data(), nullptr, p, false, kc); });
-      std::printf("%s forward_flat kc=%ld: %.1f GFLOP/s/core\n", cs.name, (long)kc, flops / t / 1e9);
+    const double peak = fma_peak();
+    std::printf("%s  peak %.0f", cs.name, peak);
+    if (flat_ok(p)) {
+      const double t = best_of(3, [&] { forward_flat(y.data(), x.data(), w.data(), nullptr, p, false); });
+      std::printf("  fwd %.0f (%.0f%%)", flops / t / 1e9, 100 * flops / t / 1e9 / peak);
     }
+    if (p.sh == 1 && flat_ok(transposed_params(p))) {
+      const double t = best_of(3, [&] { conv2d_backward_input_f32(dx.data(), y.data(), w.data(), p, dk::cpu::ConvAlgo::flat); });
+      std::printf("  bwd_data %.0f (%.0f%%)", flops / t / 1e9, 100 * flops / t / 1e9 / peak);
+    }
+    {
+      const double t = best_of(3, [&] { backward_weight_direct(dw.data(), db.data(), y.data(), x.data(), p); });
+      std::printf("  bwd_weight %.0f (%.0f%%)", flops / t / 1e9, 100 * flops / t / 1e9 / peak);
+    }
+    std::printf("\n");
   }
-  (void)ghz_peak;
 }

@@ -196,22 +196,17 @@ const char* conv_algo_name(ConvAlgo a) {
   }
 }
 
-// The algorithm for one call. The fast float32 kernels need AVX2 + FMA at least.
+// The algorithm for one call: the one place it is chosen.
 ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
+  // float64 and CPUs without AVX2 + FMA run the portable loops (conv2d_forward<double> etc.
+  // never ask); everything else has a vectorized path.
   if (isa == Isa::scalar) return ConvAlgo::portable;
   switch (dir) {
     case ConvDir::forward:
-      // stride 1 and OW == W: every tap is a flat shift of the input plane (implicit im2col
-      // with vector loads, no im2col buffer)
-      if (p.sh == 1 && p.sw == 1 && p.OW == p.W) return ConvAlgo::flat;
-      return ConvAlgo::portable;
     case ConvDir::backward_input:
-      // stride 1: dx is the forward convolution of dy with the flipped, transposed weights;
-      // flat when that convolution is (W == OW)
-      if (p.sh == 1 && p.sw == 1 && p.W == p.OW && p.ph <= p.dh * (p.KH - 1) &&
-          p.pw <= p.dw * (p.KW - 1))
-        return ConvAlgo::flat;
-      return ConvAlgo::portable;
+      // implicit-im2col GEMM for every shape: stride 1 "same" convolutions read the planes
+      // in place; other strides and widths go through a per-sample phase split (flat code)
+      return ConvAlgo::flat;
     case ConvDir::backward_weight:
       // any stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;

@@ -151,10 +151,8 @@ inline UkernelFn ukernel_for(int mr, int nv) {
 // into one panel ap[k][mr]. (The weights of a group are W[ocpg][K].)
 inline void pack_a_rows(float* __restrict ap, const float* __restrict w, int64_t ldw, int mr,
                         int64_t K) {
-  for (int i = 0; i < mr; ++i) {
-    const float* wi = w + i * ldw;
-    for (int64_t k = 0; k < K; ++k) ap[k * mr + i] = wi[k];
-  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < mr; ++i) ap[k * mr + i] = w[i * ldw + k];
 }
 
 // Packed weights of every group: for group g and row block ob (MR rows, fewer in the last),
@@ -183,111 +181,389 @@ inline PackedA pack_weights(const float* w, int64_t G, int64_t rows, int64_t K) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The "flat" implicit im2col, for stride-1 convolutions whose output is as wide as the input
-// (OW == W: "same" padding, and every 1x1 convolution without padding). Output pixel q of a
-// plane then reads input pixel q + off[t] for tap t = (kh, kw):
+// The "flat" implicit im2col.
+//
+// For a stride-1 convolution whose output is as wide as its input (OW == W: "same" padding),
+// output pixel q of a plane reads input pixel q + off[t] at tap t = (kh, kw):
 //     off[t] = (kh*dh - ph) * W + (kw*dw - pw)
-// so the NR pixels of a B panel row are one contiguous (unaligned) load from the input plane.
-// Lanes whose tap falls in the zero padding (above, below, or wrapping around a row edge) are
-// masked off; the mask of vector v (L pixels) at tap t is precomputed in bits[v * T + t].
-struct FlatGeom {
-  int64_t T = 0, Q = 0, nvec = 0;
-  std::vector<int64_t> off;    // [T]
-  std::vector<uint32_t> bits;  // [nvec][T]
+// so the NR pixels of one B panel row are one contiguous (unaligned) vector load from the
+// input plane. Lanes whose tap falls in the zero padding (above, below, or wrapping around a
+// row edge) are masked off; the mask of vector v at tap t is precomputed in bits[v * T + t].
+//
+// Every other convolution is brought to that form:
+//  - stride s: the input is split into s*s phase planes, z[c][a][b][i][j] = x[c][i*s+a][j*s+b]
+//    (space-to-depth); each tap reads one phase plane at a flat offset, as above;
+//  - an output narrower or wider than its input: the output is computed on a grid as wide as
+//    the input planes (the extra columns are discarded), or the input rows are padded.
+// An explicit copy is made only in these cases (once per sample, a small fraction of the work).
+struct FlatSpec {
+  int64_t T = 0;                // taps
+  int64_t rows = 0, width = 0;  // the output grid (width >= the real output width)
+  int64_t Q = 0, nvec = 0;      // rows * width pixels, in nvec vectors of L lanes
+  std::vector<int64_t> off;     // [T] input offset of each tap, relative to the output pixel
+  std::vector<uint32_t> bits;   // [nvec][T] lanes whose tap reads a real input pixel
+
+  FlatSpec(int64_t T_, int64_t rows_, int64_t width_) : T(T_), rows(rows_), width(width_) {
+    Q = rows * width;
+    nvec = (Q + Simd::L - 1) / Simd::L;
+    off.assign(T, 0);
+    bits.assign(nvec * T, 0);
+  }
+  // Tap t reads input offset o; it is valid for the grid pixels [r0, r1) x [c0, c1).
+  void set_tap(int64_t t, int64_t o, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    constexpr int L = Simd::L;
+    off[t] = o;
+    r0 = std::max<int64_t>(r0, 0); r1 = std::min(r1, rows);
+    c0 = std::max<int64_t>(c0, 0); c1 = std::min(c1, width);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t q = r * width + c0; q < r * width + c1; ++q) bits[(q / L) * T + t] |= 1u << (q % L);
+  }
 };
 
-inline bool flat_ok(const Conv2dParams& p) { return p.sh == 1 && p.sw == 1 && p.OW == p.W; }
+// floor division and non-negative remainder
+inline int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t pmod(int64_t a, int64_t b) { return a - fdiv(a, b) * b; }
+// first integer i with i*s + e >= lo
+inline int64_t first_at_least(int64_t lo, int64_t e, int64_t s) { return -fdiv(e - lo, s); }
 
-inline FlatGeom flat_geom(const Conv2dParams& p) {
-  constexpr int L = Simd::L;
-  FlatGeom g;
-  g.T = p.KH * p.KW;
-  g.Q = p.OH * p.OW;
-  g.nvec = (g.Q + L - 1) / L;
-  g.off.resize(g.T);
-  g.bits.assign(g.nvec * g.T, 0);
-  for (int64_t kh = 0; kh < p.KH; ++kh)
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const int64_t t = kh * p.KW + kw, dy = kh * p.dh - p.ph, dx = kw * p.dw - p.pw;
-      g.off[t] = dy * p.W + dx;
-      for (int64_t q = 0; q < g.Q; ++q) {
-        const int64_t ih = q / p.OW + dy, iw = q % p.OW + dx;
-        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) g.bits[(q / L) * g.T + t] |= 1u << (q % L);
-      }
-    }
-  return g;
-}
-
-// B panel rows k in [k0, k1) (k = c*T + t) for the pixels [q0, q0 + nv*L) of one sample and
-// group: xg is the group's first input channel, cs the channel stride (H*W).
-inline void pack_b_flat(float* __restrict bp, int nv, const float* xg, int64_t cs, int64_t k0,
-                        int64_t k1, int64_t q0, const FlatGeom& g) {
+// B panel rows k in [k0, k1) (k = c*T + t) for the grid pixels [q0, q0 + nv*L): in is the
+// first input channel of the sample and group, cs the channel stride.
+inline void pack_b_flat(float* __restrict bp, int nv, const float* in, int64_t cs, int64_t k0,
+                        int64_t k1, int64_t q0, const FlatSpec& f) {
   using S = Simd;
   constexpr int L = S::L;
   const int64_t v0 = q0 / L;
-  int64_t c = k0 / g.T, t = k0 % g.T;
+  int64_t c = k0 / f.T, t = k0 % f.T;
   for (int64_t k = k0; k < k1; ++k) {
-    const float* src = xg + c * cs + q0 + g.off[t];
-    const uint32_t* mb = g.bits.data() + v0 * g.T + t;
+    const float* src = in + c * cs + q0 + f.off[t];
+    const uint32_t* mb = f.bits.data() + v0 * f.T + t;
     for (int v = 0; v < nv; ++v)
-      S::store(bp + v * L, S::loadm(src + v * L, S::mask(mb[v * g.T])));
+      S::store(bp + v * L, S::loadm(src + v * L, S::mask(mb[v * f.T])));
     bp += nv * L;
-    if (++t == g.T) {
+    if (++t == f.T) {
       t = 0;
       ++c;
     }
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cache blocking from the caches found at run time. KC = the depth of a B panel: KC x NR
-// floats take at most half of L1 (the other half for the A panel stream and the C tile).
-inline int64_t choose_kc(int64_t K) {
-  const int64_t l1 = std::max<int64_t>(cpu_info().l1d, 16 * 1024);
-  int64_t kc = l1 / 2 / (kNR * static_cast<int64_t>(sizeof(float)));
-  kc = std::max<int64_t>(16, kc);
-  if (kc >= K) return K;
-  // equal blocks: no short last block
-  const int64_t nb = (K + kc - 1) / kc;
-  return (K + nb - 1) / nb;
+// Ask for [p, p + bytes) to be brought into L2 (non-blocking): for the next sample's input while
+// this one computes. The planes of a sample are read in short runs one plane apart (one run
+// per channel), which the hardware prefetchers do not follow.
+inline void prefetch_l2(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T1);
+}
+
+// DEEPKERN_CONV_KC=k in the environment forces the K block depth, and one sample per group in
+// the weight gradient: tests use it to run the multi-block paths on small shapes, benchmarks
+// to compare depths.
+inline int64_t kc_override() {
+  const char* e = std::getenv("DEEPKERN_CONV_KC");
+  return e ? std::max<int64_t>(0, std::atoll(e)) : 0;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward, flat path: y = conv(x, w) + b (then ReLU if relu), for flat_ok(p).
-// Work items are (sample, group, NR-pixel tile); each thread owns a contiguous range of items
-// and a B panel buffer. No reductions cross items, so any split gives the same bits.
-inline void forward_flat(float* y, const float* x, const float* w, const float* b,
-                         const Conv2dParams& p, bool relu, int64_t kc = 0) {
-  const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW, K = cpg * T;
-  const FlatGeom geo = flat_geom(p);
-  const int64_t Q = geo.Q, HW = p.H * p.W;
-  const PackedA A = pack_weights(w, p.G, ocpg, K);
-  kc = kc > 0 ? std::min(kc, K) : choose_kc(K);
-  const int64_t ntiles = (Q + kNR - 1) / kNR, items = p.N * p.G * ntiles;
-  parallel_range(items, 1, [&](int64_t i0, int64_t i1) {
-    Buffer bp(kc * kNR);
-    for (int64_t it = i0; it < i1; ++it) {
-      const int64_t n = it / (p.G * ntiles), g = (it / ntiles) % p.G, qt = it % ntiles;
-      const int64_t q0 = qt * kNR;
-      const int nv = static_cast<int>(std::min<int64_t>(kNV, (Q - q0 + Simd::L - 1) / Simd::L));
-      const uint32_t tail = low_bits(Q - q0 - (nv - 1) * Simd::L);
-      const float* xg = x + (n * p.C + g * cpg) * HW;
-      float* yg = y + (n * p.OC + g * ocpg) * Q + q0;
-      for (int64_t k0 = 0; k0 < K; k0 += kc) {
-        const int64_t k1 = std::min(K, k0 + kc);
-        pack_b_flat(bp.data(), nv, xg, HW, k0, k1, q0, geo);
-        Epilogue e;
-        e.accumulate = k0 > 0;
-        e.relu = relu && k1 == K;
-        e.tail_bits = tail;
-        for (int64_t ob = 0; ob < A.nblocks; ++ob) {
-          const int mr = A.mr(ob);
-          e.bias = b ? b + g * ocpg + ob * kMR : nullptr;
-          ukernel_for(mr, nv)(k1 - k0, A.panel(g, ob) + k0 * mr, bp.data(), yg + ob * kMR * Q, Q, e);
-        }
+// Cache blocking from the caches found at run time. KC = the depth of a B panel. The B panel
+// (KC x NR) is reused by every A panel of the block, the A block (rows x KC) by every B panel
+// of a sample: both should stay in L2, so KC x NR <= L2/4 and rows x KC <= L2/2. Deep
+// panels mean fewer passes over the output tile (each K block after the first reloads it).
+// Measured on Zen 5 (bench/NOTES.md): KC = 96 (B panel in L1) and KC = 576 (in L2) run the
+// micro-kernel equally fast; the deep one saves the output reloads.
+inline int64_t choose_kc(int64_t K, int64_t rows) {
+  if (int64_t kc = kc_override()) return std::min(kc, K);
+  const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
+  const int64_t f = sizeof(float);
+  int64_t kc = std::min(l2 / 4 / (kNR * f), l2 / 2 / (std::max<int64_t>(rows, kMR) * f));
+  kc = std::max<int64_t>(kc, 64);
+  if (kc >= K) return K;
+  const int64_t nb = (K + kc - 1) / kc;  // equal blocks: no short last block
+  return (K + nb - 1) / nb;
+}
+
+// out[rows of A][ldo] = A_g . col for the grid tiles [t0, t1) of one sample and group (+ bias,
+// then ReLU). bp: a B panel buffer of kc * NR floats.
+inline void run_flat(float* out, int64_t ldo, const float* in, int64_t cs, const FlatSpec& f,
+                     const PackedA& A, int64_t g, const float* bias, bool relu, int64_t kc,
+                     int64_t t0, int64_t t1, float* bp) {
+  const int64_t K = A.K;
+  for (int64_t qt = t0; qt < t1; ++qt) {
+    const int64_t q0 = qt * kNR;
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, (f.Q - q0 + Simd::L - 1) / Simd::L));
+    Epilogue e;
+    e.tail_bits = low_bits(f.Q - q0 - (nv - 1) * Simd::L);
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = std::min(K, k0 + kc);
+      pack_b_flat(bp, nv, in, cs, k0, k1, q0, f);
+      e.accumulate = k0 > 0;
+      e.relu = relu && k1 == K;
+      for (int64_t ob = 0; ob < A.nblocks; ++ob) {
+        const int mr = A.mr(ob);
+        e.bias = bias ? bias + ob * kMR : nullptr;
+        ukernel_for(mr, nv)(k1 - k0, A.panel(g, ob) + k0 * mr, bp, out + ob * kMR * ldo + q0, ldo, e);
       }
     }
+  }
+}
+
+// Row deinterleave for the phase split: dst_b[j] = src[j*s + b] for j < n_b (zero past the
+// source row of length w), for every phase b < s. Vectorized for s == 2 (the common stride).
+inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if (s == 2) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (; j + 16 <= width && 2 * j + 32 <= w; j += 16) {
+      const __m512 lo = _mm512_loadu_ps(src + 2 * j), hi = _mm512_loadu_ps(src + 2 * j + 16);
+      _mm512_storeu_ps(dst[0] + j, _mm512_permutex2var_ps(lo, even, hi));
+      _mm512_storeu_ps(dst[1] + j, _mm512_permutex2var_ps(lo, odd, hi));
+    }
+  }
+#endif
+  for (; j < width; ++j)
+    for (int64_t b = 0; b < s; ++b) {
+      const int64_t iw = j * s + b;
+      dst[b][j] = iw < w ? src[iw] : 0.f;
+    }
+}
+
+// Inverse of split_row: dst[j*s + b] = src_b[j] for every column j*s + b < w.
+inline void merge_row(float* dst, int64_t w, const float* const* src, int64_t s) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if (s == 2) {
+    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
+    for (; 2 * j + 32 <= w; j += 16) {
+      const __m512 e = _mm512_loadu_ps(src[0] + j), o = _mm512_loadu_ps(src[1] + j);
+      _mm512_storeu_ps(dst + 2 * j, _mm512_permutex2var_ps(e, lo_idx, o));
+      _mm512_storeu_ps(dst + 2 * j + 16, _mm512_permutex2var_ps(e, hi_idx, o));
+    }
+  }
+#endif
+  for (int64_t iw = j * s; iw < w; ++iw) dst[iw] = src[iw % s][iw / s];
+}
+
+// The input layout the flat forward reads: x itself, or a copy in phase planes / wider rows.
+struct FlatInput {
+  bool copy = false;
+  int64_t Hz = 0, width = 0;  // phase plane rows and width
+  int64_t cs = 0;             // channel stride in the buffer the kernel reads
+};
+
+inline FlatInput flat_input(const Conv2dParams& p) {
+  FlatInput in;
+  const int64_t Wz = (p.W + p.sw - 1) / p.sw;
+  in.Hz = (p.H + p.sh - 1) / p.sh;
+  in.width = std::max(p.OW, Wz);
+  in.copy = !(p.sh == 1 && p.sw == 1 && in.width == p.W);
+  in.cs = in.copy ? p.sh * p.sw * in.Hz * in.width : p.H * p.W;
+  return in;
+}
+
+// z[c][a][b][i][j] = x[c][i*sh + a][j*sw + b] (zero outside x), i < Hz, j < width.
+inline void make_flat_input(float* z, const float* xg, int64_t cpg, const Conv2dParams& p,
+                            const FlatInput& in) {
+  const int64_t plane = in.Hz * in.width;
+  std::vector<float*> dst(p.sw);
+  for (int64_t c = 0; c < cpg; ++c)
+    for (int64_t a = 0; a < p.sh; ++a)
+      for (int64_t i = 0; i < in.Hz; ++i) {
+        const int64_t ih = i * p.sh + a;
+        float* zr = z + (c * p.sh * p.sw + a * p.sw) * plane + i * in.width;
+        for (int64_t b = 0; b < p.sw; ++b) dst[b] = zr + b * plane;
+        if (ih < p.H) {
+          split_row(dst.data(), in.width, xg + (c * p.H + ih) * p.W, p.W, p.sw);
+        } else {
+          for (int64_t b = 0; b < p.sw; ++b) std::memset(dst[b], 0, sizeof(float) * in.width);
+        }
+      }
+}
+
+inline FlatSpec forward_spec(const Conv2dParams& p, const FlatInput& in) {
+  FlatSpec f(p.KH * p.KW, p.OH, in.width);
+  for (int64_t kh = 0; kh < p.KH; ++kh)
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const int64_t eh = kh * p.dh - p.ph, ew = kw * p.dw - p.pw;
+      const int64_t o = in.copy ? (pmod(eh, p.sh) * p.sw + pmod(ew, p.sw)) * in.Hz * in.width +
+                                      fdiv(eh, p.sh) * in.width + fdiv(ew, p.sw)
+                                : eh * p.W + ew;
+      // output rows oh with 0 <= oh*sh + eh < H, columns likewise (and inside the real output)
+      f.set_tap(kh * p.KW + kw, o, first_at_least(0, eh, p.sh),
+                std::min(first_at_least(p.H, eh, p.sh), p.OH), first_at_least(0, ew, p.sw),
+                std::min(first_at_least(p.W, ew, p.sw), p.OW));
+    }
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: y = conv(x, w) + b (then ReLU if relu), any stride, padding, dilation and groups.
+// Work items are (sample, group, NR-pixel tile) when the kernel reads x directly, or (sample,
+// group) when a per-sample copy is made; each thread owns a contiguous range of items and its
+// buffers. No reductions cross items, so any split gives the same bits.
+inline void forward_flat(float* y, const float* x, const float* w, const float* b,
+                         const Conv2dParams& p, bool relu, int64_t kc = 0) {
+  const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW, K = cpg * T, HW = p.H * p.W;
+  const FlatInput in = flat_input(p);
+  const FlatSpec f = forward_spec(p, in);
+  const bool crop = f.width != p.OW;  // computed on a wider grid: crop into y
+  const PackedA A = pack_weights(w, p.G, ocpg, K);
+  kc = kc > 0 ? std::min(kc, K) : choose_kc(K, ocpg);
+  const int64_t ntiles = (f.Q + kNR - 1) / kNR;
+  const int64_t per_item = in.copy || crop ? ntiles : 1;  // tiles per work item
+  const int64_t items = p.N * p.G * (ntiles / per_item);
+  parallel_range(items, 1, [&](int64_t i0, int64_t i1) {
+    Buffer bp(kc * kNR);
+    std::unique_ptr<Buffer> z, tmp;
+    if (in.copy) z = std::make_unique<Buffer>(cpg * in.cs);
+    if (crop) tmp = std::make_unique<Buffer>(ocpg * f.Q);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t ng = it / (ntiles / per_item), n = ng / p.G, g = ng % p.G;
+      const int64_t t0 = (it % (ntiles / per_item)) * per_item;
+      const float* xg = x + (n * p.C + g * cpg) * HW;
+      if (t0 == 0 && ng + 1 < p.N * p.G) prefetch_l2(xg + cpg * HW, cpg * HW * sizeof(float));
+      const float* src = xg;
+      if (in.copy) {
+        make_flat_input(z->data(), xg, cpg, p, in);
+        src = z->data();
+      }
+      const float* bias = b ? b + g * ocpg : nullptr;
+      float* yg = y + (n * p.OC + g * ocpg) * p.OH * p.OW;
+      if (!crop) {
+        run_flat(yg, f.Q, src, in.cs, f, A, g, bias, relu, kc, t0, t0 + per_item, bp.data());
+        continue;
+      }
+      run_flat(tmp->data(), f.Q, src, in.cs, f, A, g, bias, relu, kc, 0, ntiles, bp.data());
+      for (int64_t o = 0; o < ocpg; ++o)
+        for (int64_t oh = 0; oh < p.OH; ++oh)
+          std::memcpy(yg + (o * p.OH + oh) * p.OW, tmp->data() + o * f.Q + oh * f.width,
+                      sizeof(float) * p.OW);
+    }
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward w.r.t. the input.
+//
+// Stride 1: dx is itself a stride-1 convolution of dy with the weights transposed (in and out
+// channels swapped) and flipped (tap (kh, kw) -> (KH-1-kh, KW-1-kw)), padded by d*(k-1) - p:
+//     dx[c, ih, iw] = sum_{oc, kh, kw} w[oc, c, kh, kw] * dy[oc, ih + ph - kh*dh, iw + pw - kw*dw]
+// so it runs on the forward code.
+// Stride s > 1: split dx into its s*s phases, dx_ab[c, i, j] = dx[c, i*s + a, j*s + b]. Only the
+// taps with kh*dh == a + ph (mod s) (and likewise kw) reach phase (a, b), and they read dy at
+// the fixed shift e = (a + ph - kh*dh) / s: each phase is a stride-1 convolution of dy with
+// its own subset of the taps, on the flat code; the phases are then interleaved into dx.
+inline Conv2dParams transposed_params(const Conv2dParams& p) {
+  Conv2dParams q = p;
+  q.C = p.OC; q.H = p.OH; q.W = p.OW;
+  q.OC = p.C; q.OH = p.H; q.OW = p.W;
+  q.ph = p.dh * (p.KH - 1) - p.ph;
+  q.pw = p.dw * (p.KW - 1) - p.pw;
+  return q;
+}
+
+// wt (C, OC/G, KH, KW) <- w (OC, C/G, KH, KW) transposed per group and flipped.
+inline void transpose_flip_weights(float* wt, const float* w, const Conv2dParams& p) {
+  const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW;
+  for (int64_t g = 0; g < p.G; ++g)
+    for (int64_t o = 0; o < ocpg; ++o)
+      for (int64_t c = 0; c < cpg; ++c)
+        for (int64_t t = 0; t < T; ++t)
+          wt[((g * cpg + c) * ocpg + o) * T + (T - 1 - t)] = w[((g * ocpg + o) * cpg + c) * T + t];
+}
+
+inline void backward_input_strided(float* dx, const float* dy, const float* w,
+                                   const Conv2dParams& p) {
+  const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW, OHW = p.OH * p.OW;
+  const int64_t s_h = p.sh, s_w = p.sw, nph = s_h * s_w;
+  const int64_t Hd = (p.H + s_h - 1) / s_h, Wd = (p.W + s_w - 1) / s_w;
+  // dy is read in place when its rows are as wide as the grid, else copied into wider rows
+  const int64_t width = std::max(p.OW, Wd);
+  const bool copy = width != p.OW;
+  const int64_t cs = copy ? p.OH * width : OHW;
+  struct Phase {
+    std::unique_ptr<FlatSpec> f;
+    PackedA A;
+  };
+  std::vector<Phase> ph(nph);
+  for (int64_t a = 0; a < s_h; ++a)
+    for (int64_t b = 0; b < s_w; ++b) {
+      std::vector<std::pair<int64_t, int64_t>> taps;  // (kh, kw) reaching this phase
+      for (int64_t kh = 0; kh < p.KH; ++kh)
+        for (int64_t kw = 0; kw < p.KW; ++kw)
+          if (pmod(a + p.ph - kh * p.dh, s_h) == 0 && pmod(b + p.pw - kw * p.dw, s_w) == 0)
+            taps.push_back({kh, kw});
+      Phase& P = ph[a * s_w + b];
+      const int64_t Tp = static_cast<int64_t>(taps.size());
+      if (Tp == 0) continue;  // no tap reaches this phase: it stays zero
+      P.f = std::make_unique<FlatSpec>(Tp, Hd, width);
+      const int64_t Ha = (p.H - a + s_h - 1) / s_h, Wb = (p.W - b + s_w - 1) / s_w;
+      std::vector<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
+      for (int64_t t = 0; t < Tp; ++t) {
+        const auto [kh, kw] = taps[t];
+        const int64_t eh = (a + p.ph - kh * p.dh) / s_h, ew = (b + p.pw - kw * p.dw) / s_w;
+        // grid pixel (i, j) reads dy[i + eh, j + ew]; valid inside dy and inside this phase
+        P.f->set_tap(t, eh * width + ew, std::max(-eh, int64_t(0)), std::min(p.OH - eh, Ha),
+                     std::max(-ew, int64_t(0)), std::min(p.OW - ew, Wb));
+        for (int64_t g = 0; g < p.G; ++g)
+          for (int64_t c = 0; c < cpg; ++c)
+            for (int64_t o = 0; o < ocpg; ++o)
+              wp[((g * cpg + c) * ocpg + o) * Tp + t] =
+                  w[(((g * ocpg + o) * cpg + c) * p.KH + kh) * p.KW + kw];
+      }
+      P.A = pack_weights(wp.data(), p.G, cpg, ocpg * Tp);
+    }
+  const int64_t K = ocpg * T;  // upper bound of every phase's depth
+  const int64_t kc = choose_kc(K, cpg);
+  const int64_t Qg = Hd * width;
+  parallel_range(p.N * p.G, 1, [&](int64_t i0, int64_t i1) {
+    Buffer bp(kc * kNR), tmp(nph * cpg * Qg);
+    std::unique_ptr<Buffer> wide;
+    if (copy) wide = std::make_unique<Buffer>(ocpg * cs);
+    std::vector<const float*> src(s_w);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / p.G, g = it % p.G;
+      const float* dyg = dy + (n * p.OC + g * ocpg) * OHW;
+      if (it + 1 < p.N * p.G) prefetch_l2(dyg + ocpg * OHW, ocpg * OHW * sizeof(float));
+      const float* in = dyg;
+      if (copy) {
+        for (int64_t o = 0; o < ocpg; ++o)
+          for (int64_t r = 0; r < p.OH; ++r) {
+            float* d = wide->data() + o * cs + r * width;
+            std::memcpy(d, dyg + o * OHW + r * p.OW, sizeof(float) * p.OW);
+            std::memset(d + p.OW, 0, sizeof(float) * (width - p.OW));
+          }
+        in = wide->data();
+      }
+      for (int64_t k = 0; k < nph; ++k) {
+        float* out = tmp.data() + k * cpg * Qg;
+        if (!ph[k].f) {
+          std::memset(out, 0, sizeof(float) * cpg * Qg);
+          continue;
+        }
+        run_flat(out, Qg, in, cs, *ph[k].f, ph[k].A, g, nullptr, false, kc, 0,
+                 (Qg + kNR - 1) / kNR, bp.data());
+      }
+      float* dxg = dx + (n * p.C + g * cpg) * p.H * p.W;
+      for (int64_t c = 0; c < cpg; ++c)
+        for (int64_t ih = 0; ih < p.H; ++ih) {
+          const int64_t a = ih % s_h, i = ih / s_h;
+          for (int64_t b = 0; b < s_w; ++b)
+            src[b] = tmp.data() + ((a * s_w + b) * cpg + c) * Qg + i * width;
+          merge_row(dxg + (c * p.H + ih) * p.W, p.W, src.data(), s_w);
+        }
+    }
+  });
+}
+
+inline void backward_input_flat(float* dx, const float* dy, const float* w, const Conv2dParams& p) {
+  if (p.sh == 1 && p.sw == 1) {
+    std::vector<float> wt(static_cast<size_t>(p.OC * p.cpg() * p.KH * p.KW));
+    transpose_flip_weights(wt.data(), w, p);
+    return forward_flat(dx, dy, wt.data(), nullptr, transposed_params(p), false);
+  }
+  backward_input_strided(dx, dy, w, p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,7 +702,7 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
   // samples per group: x_pad and dyT of the group in half of L2
   const int64_t per_sample = (cpg * plane + Q * kNR) * static_cast<int64_t>(sizeof(float));
   const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
-  const int64_t S = std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
+  const int64_t S = kc_override() ? 1 : std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
   const int64_t pstride = p.G * (K * ocpad + ocpad);    // one chunk's partial dw and db
   Buffer partial(nchunks * pstride);
   parallel_for(nchunks * p.G * noct, 1, [&](int64_t i0, int64_t i1) {
@@ -489,29 +765,6 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
 // ---------------------------------------------------------------------------------------------
 // Entry points (declared in conv2d_algo.h; conv2d.cpp chose `algo`).
 
-// The backward pass w.r.t. the input of a stride-1 convolution is itself a stride-1
-// convolution of dy with the weights transposed (in and out channels swapped) and flipped
-// (tap (kh, kw) -> (KH-1-kh, KW-1-kw)), padded by d*(k-1) - p:
-//     dx[c, ih, iw] = sum_{oc, kh, kw} w[oc, c, kh, kw] * dy[oc, ih + ph - kh*dh, iw + pw - kw*dw]
-inline Conv2dParams transposed_params(const Conv2dParams& p) {
-  Conv2dParams q = p;
-  q.C = p.OC; q.H = p.OH; q.W = p.OW;
-  q.OC = p.C; q.OH = p.H; q.OW = p.W;
-  q.ph = p.dh * (p.KH - 1) - p.ph;
-  q.pw = p.dw * (p.KW - 1) - p.pw;
-  return q;
-}
-
-// wt (C, OC/G, KH, KW) <- w (OC, C/G, KH, KW) transposed per group and flipped.
-inline void transpose_flip_weights(float* wt, const float* w, const Conv2dParams& p) {
-  const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW;
-  for (int64_t g = 0; g < p.G; ++g)
-    for (int64_t o = 0; o < ocpg; ++o)
-      for (int64_t c = 0; c < cpg; ++c)
-        for (int64_t t = 0; t < T; ++t)
-          wt[((g * cpg + c) * ocpg + o) * T + (T - 1 - t)] = w[((g * ocpg + o) * cpg + c) * T + t];
-}
-
 void conv2d_forward_f32(float* y, const float* x, const float* w, const float* b,
                         const Conv2dParams& p, ConvAlgo algo, bool relu) {
   switch (algo) {
@@ -523,11 +776,7 @@ void conv2d_forward_f32(float* y, const float* x, const float* w, const float* b
 void conv2d_backward_input_f32(float* dx, const float* dy, const float* w, const Conv2dParams& p,
                                ConvAlgo algo) {
   switch (algo) {
-    case ConvAlgo::flat: {
-      std::vector<float> wt(static_cast<size_t>(p.OC * p.cpg() * p.KH * p.KW));
-      transpose_flip_weights(wt.data(), w, p);
-      return forward_flat(dx, dy, wt.data(), nullptr, transposed_params(p), false);
-    }
+    case ConvAlgo::flat: return backward_input_flat(dx, dy, w, p);
     default: throw std::logic_error("conv2d_backward_input_f32: algorithm not available");
   }
 }
