@@ -114,6 +114,26 @@ def test_random_shapes_every_isa(isa_name, c, seed, bias):
         run_and_check(c, np.random.default_rng(seed), bias, what=f"{isa_name} {c}")
 
 
+@st.composite
+def winograd_cases(draw):
+    """3x3 stride-1 shapes Winograd takes (padding 1 or 2 on the width), odd sizes included."""
+    C, OC = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    H = draw(st.integers(max(1, 3 - 2 * ph), 19))
+    W = draw(st.integers(1, 19))
+    return case(draw(st.integers(1, 4)), C, OC, H, W, 3, 3, padding=(ph, pw))
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+@pytest.mark.parametrize("algo", ["winograd", "flat"])
+@settings(max_examples=20)
+@given(c=winograd_cases(), seed=st.integers(0, 2**32 - 1))
+def test_forced_algorithm(isa_name, algo, c, seed):
+    """The same 3x3 shapes through Winograd (even with few channels) and through the flat GEMM."""
+    with isa(isa_name), env(DEEPKERN_CONV_ALGO=algo):
+        run_and_check(c, np.random.default_rng(seed), what=f"{isa_name} {algo} {c}")
+
+
 # Shapes chosen by hand: the suite's layer shapes (smaller batch), and the edges.
 EDGES = {
     "suite c2 (same 3x3)": case(2, 32, 64, 32, 32, 3, 3, padding=(1, 1)),

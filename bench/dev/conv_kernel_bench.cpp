@@ -68,11 +68,11 @@ int main(int argc, char** argv) {
     const double flops = 2.0 * p.N * p.OC * p.OH * p.OW * p.C * p.KH * p.KW;
     const double peak = fma_peak();
     std::printf("%s  peak %.0f", cs.name, peak);
-    if (flat_ok(p)) {
+    {
       const double t = best_of(3, [&] { forward_flat(y.data(), x.data(), w.data(), nullptr, p, false); });
       std::printf("  fwd %.0f (%.0f%%)", flops / t / 1e9, 100 * flops / t / 1e9 / peak);
     }
-    if (p.sh == 1 && flat_ok(transposed_params(p))) {
+    {
       const double t = best_of(3, [&] { conv2d_backward_input_f32(dx.data(), y.data(), w.data(), p, dk::cpu::ConvAlgo::flat); });
       std::printf("  bwd_data %.0f (%.0f%%)", flops / t / 1e9, 100 * flops / t / 1e9 / peak);
     }

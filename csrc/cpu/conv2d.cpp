@@ -15,6 +15,7 @@
 //   backward weight  dw_g[ocpg, K] += dy_g[ocpg, P] . col^T
 // deepkern.reference.conv2d is the same computation written with NumPy.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -192,21 +193,63 @@ const char* conv_algo_name(ConvAlgo a) {
   switch (a) {
     case ConvAlgo::flat: return "flat";
     case ConvAlgo::direct: return "direct";
+    case ConvAlgo::depthwise: return "depthwise";
+    case ConvAlgo::winograd: return "winograd";
     default: return "portable";
   }
 }
 
-// The algorithm for one call: the one place it is chosen.
+// The stride-1 input gradient is the convolution of dy with the flipped, transposed weights,
+// padded by d*(k-1) - p: its parameters as a forward convolution.
+static Conv2dParams transposed_view(const Conv2dParams& p) {
+  Conv2dParams q = p;
+  q.C = p.OC; q.H = p.OH; q.W = p.OW;
+  q.OC = p.C; q.OH = p.H; q.OW = p.W;
+  q.ph = p.dh * (p.KH - 1) - p.ph;
+  q.pw = p.dw * (p.KW - 1) - p.pw;
+  return q;
+}
+
+// Winograd F(2x2, 3x3) applies to 3x3 kernels, stride 1, dilation 1, one group, padding 1 or 2
+// on the width (the tile grid must be as wide as the input's column phases; see conv2d_fast.h).
+static bool winograd_applies(const Conv2dParams& p) {
+  return p.KH == 3 && p.KW == 3 && p.sh == 1 && p.sw == 1 && p.dh == 1 && p.dw == 1 &&
+         p.G == 1 && p.ph <= 2 && p.pw >= 1 && p.pw <= 2;
+}
+
+// DEEPKERN_CONV_ALGO=flat|winograd|direct|depthwise in the environment forces that algorithm
+// wherever it applies (tests run every path on the same shapes; benchmarks compare them).
+static const char* forced_algo() {
+  const char* e = std::getenv("DEEPKERN_CONV_ALGO");
+  return e && *e ? e : nullptr;
+}
+
+// The algorithm for one call: the one place it is chosen (measurements in bench/NOTES.md).
 ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
   // float64 and CPUs without AVX2 + FMA run the portable loops (conv2d_forward<double> etc.
   // never ask); everything else has a vectorized path.
   if (isa == Isa::scalar) return ConvAlgo::portable;
+  const char* force = forced_algo();
+  auto forced = [&](const char* name) { return force && !std::strcmp(force, name); };
+  // depthwise (one input channel per group): no matrix product worth blocking, a stencil per
+  // plane at memory speed; the input gradient of a strided one goes to the phase code below
+  const bool depthwise = p.cpg() == 1 && p.G > 1;
+  if (depthwise && !forced("flat") && !forced("direct") &&
+      (dir != ConvDir::backward_input || (p.sh == 1 && p.sw == 1)))
+    return ConvAlgo::depthwise;
   switch (dir) {
     case ConvDir::forward:
-    case ConvDir::backward_input:
+    case ConvDir::backward_input: {
+      // Winograd F(2x2, 3x3): 2.25x fewer multiplies; its transforms cost a few percent per
+      // channel, so it needs enough channels on both sides to pay off
+      const Conv2dParams q = dir == ConvDir::forward ? p : transposed_view(p);
+      if (winograd_applies(q) && !forced("flat") &&
+          (forced("winograd") || (q.C >= 16 && q.OC >= 16)))
+        return ConvAlgo::winograd;
       // implicit-im2col GEMM for every shape: stride 1 "same" convolutions read the planes
-      // in place; other strides and widths go through a per-sample phase split (flat code)
+      // in place; other strides and widths go through a per-sample phase split
       return ConvAlgo::flat;
+    }
     case ConvDir::backward_weight:
       // any stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;

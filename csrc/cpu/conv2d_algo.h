@@ -12,6 +12,8 @@ enum class ConvAlgo {
   portable,   // im2col + plain loop nests (conv2d.cpp): float64, CPUs without AVX2
   flat,       // implicit-im2col GEMM on the NCHW planes, stride 1 and OW == W (conv2d_fast.h)
   direct,     // backward weight: outer products over pixels from a zero-padded input copy
+  depthwise,  // groups == C: a vectorized stencil per plane (conv2d_fast.h)
+  winograd,   // 3x3 stride 1: Winograd F(2x2, 3x3), 16 GEMMs on transformed tiles
 };
 
 enum class ConvDir { forward, backward_input, backward_weight };

@@ -662,20 +662,31 @@ inline void pad_input(float* __restrict xp, const float* __restrict xg, int64_t 
 }
 
 // dyT panel of one sample: bp[q][j] = dyg[oc0 + j][q] for j < nr (zero for channels past ocpg),
-// and dbsum[j] += sum_q dyg[oc0 + j][q].
+// and dbsum[j] += sum_q dyg[oc0 + j][q]. L x L blocks are transposed in registers; the sum of
+// the transposed vectors is the vector of the channels' sums (the bias gradient, for free).
 inline void pack_dy_transposed(float* __restrict bp, int nr, const float* __restrict dyg,
                                int64_t oc0, int64_t ocpg, int64_t Q, float* dbsum) {
+  using S = Simd;
+  using V = S::V;
+  constexpr int L = S::L;
   const int64_t valid = std::min<int64_t>(nr, ocpg - oc0);
-  for (int64_t q = 0; q < Q; ++q)
-    for (int64_t j = valid; j < nr; ++j) bp[q * nr + j] = 0.f;
-  for (int64_t j = 0; j < valid; ++j) {
-    const float* d = dyg + (oc0 + j) * Q;
-    float s = 0.f;
-    for (int64_t q = 0; q < Q; ++q) {
-      bp[q * nr + j] = d[q];
-      s += d[q];
+  for (int jb = 0; jb < nr; jb += L) {
+    V sum = S::zero();
+    for (int64_t q0 = 0; q0 < Q; q0 += L) {
+      const int64_t nq = std::min<int64_t>(L, Q - q0);
+      const typename S::M m = S::mask(low_bits(nq));
+      V r[L];
+      for (int i = 0; i < L; ++i)
+        r[i] = jb + i < valid ? S::loadm(dyg + (oc0 + jb + i) * Q + q0, m) : S::zero();
+      S::transpose(r);
+      for (int64_t i = 0; i < nq; ++i) {
+        S::store(bp + (q0 + i) * nr + jb, r[i]);
+        sum = S::add(sum, r[i]);
+      }
     }
-    dbsum[j] += s;
+    alignas(64) float lanes[L];
+    S::store(lanes, sum);
+    for (int i = 0; i < L; ++i) dbsum[jb + i] += lanes[i];
   }
 }
 
@@ -763,12 +774,433 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Depthwise convolution (groups == C: one input channel per group, m = OC/C outputs each).
+//
+// No matrix product to block: each output plane is a T-tap stencil over one input plane
+// (m planes for the input gradient), vectorized along the pixels with the flat geometry
+// above; the tap weights sit in registers for the whole plane. The work is one read of the
+// input and one write of the output: memory speed, not FMA speed, is the limit.
+//
+// out[q] = bias + sum_{i < nin} sum_t w[i*T + t] * in[i*cs + q + off[t]]   for grid pixels q
+inline void depthwise_plane(float* __restrict out, const float* in, int64_t cs, int64_t nin,
+                            const float* w, float bias, const FlatSpec& f) {
+  using S = Simd;
+  using V = S::V;
+  constexpr int L = S::L, U = 4;  // U vectors at once: independent FMA chains
+  const int64_t T = f.T;
+  const int64_t nfull = f.Q / L;  // vectors with all L lanes on the grid
+  int64_t v = 0;
+  for (; v + U <= nfull; v += U) {
+    V acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = S::set1(bias);
+    for (int64_t i = 0; i < nin; ++i)
+      for (int64_t t = 0; t < T; ++t) {
+        const V wt = S::set1(w[i * T + t]);
+        const float* src = in + i * cs + v * L + f.off[t];
+        const uint32_t* mb = f.bits.data() + v * T + t;
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u)
+          acc[u] = S::fma(wt, S::loadm(src + u * L, S::mask(mb[u * T])), acc[u]);
+      }
+    for (int u = 0; u < U; ++u) S::store(out + (v + u) * L, acc[u]);
+  }
+  for (; v < f.nvec; ++v) {
+    V acc = S::set1(bias);
+    for (int64_t i = 0; i < nin; ++i)
+      for (int64_t t = 0; t < T; ++t)
+        acc = S::fma(S::set1(w[i * T + t]),
+                     S::loadm(in + i * cs + v * L + f.off[t], S::mask(f.bits[v * T + t])), acc);
+    S::storem(out + v * L, S::mask(low_bits(f.Q - v * L)), acc);
+  }
+}
+
+// Copy a grid-wide plane (rows x width) into an output plane (rows x OW), or back.
+inline void crop_plane(float* dst, const float* src, int64_t rows, int64_t width, int64_t OW) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * OW, src + r * width, sizeof(float) * OW);
+}
+inline void widen_plane(float* dst, const float* src, int64_t rows, int64_t OW, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(dst + r * width, src + r * OW, sizeof(float) * OW);
+    std::memset(dst + r * width + OW, 0, sizeof(float) * (width - OW));
+  }
+}
+
+// Forward: any stride, padding, dilation (strided inputs go through the phase split).
+inline void forward_depthwise(float* y, const float* x, const float* w, const float* b,
+                              const Conv2dParams& p) {
+  const int64_t m = p.ocpg(), T = p.KH * p.KW, HW = p.H * p.W, OHW = p.OH * p.OW;
+  const FlatInput in = flat_input(p);
+  const FlatSpec f = forward_spec(p, in);
+  const bool crop = f.width != p.OW;
+  parallel_range(p.N * p.C, 1, [&](int64_t i0, int64_t i1) {
+    std::unique_ptr<Buffer> z, tmp;
+    if (in.copy) z = std::make_unique<Buffer>(in.cs);
+    if (crop) tmp = std::make_unique<Buffer>(f.Q);
+    for (int64_t it = i0; it < i1; ++it) {  // it = n * C + c: one input plane
+      const float* xp = x + it * HW;
+      if (it + 1 < i1) prefetch_l2(xp + HW, HW * sizeof(float));
+      const float* src = xp;
+      if (in.copy) {
+        make_flat_input(z->data(), xp, 1, p, in);
+        src = z->data();
+      }
+      const int64_t c = it % p.C;
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t oc = c * m + j;
+        float* yp = y + ((it / p.C) * p.OC + oc) * OHW;
+        depthwise_plane(crop ? tmp->data() : yp, src, in.cs, 1, w + oc * T, b ? b[oc] : 0.f, f);
+        if (crop) crop_plane(yp, tmp->data(), p.OH, f.width, p.OW);
+      }
+    }
+  });
+}
+
+// Backward w.r.t. the input, stride 1: dx[c] = sum_j conv(dy[c*m + j], flipped w[c*m + j]).
+inline void backward_input_depthwise(float* dx, const float* dy, const float* w,
+                                     const Conv2dParams& p) {
+  const Conv2dParams q = transposed_params(p);  // dy -> dx, taps flipped
+  const int64_t m = p.ocpg(), T = p.KH * p.KW, HW = p.H * p.W, OHW = p.OH * p.OW;
+  const FlatInput in = flat_input(q);  // stride 1: a copy only for odd widths
+  const FlatSpec f = forward_spec(q, in);
+  const bool crop = f.width != q.OW;
+  std::vector<float> wf(p.OC * T);  // flipped taps
+  for (int64_t oc = 0; oc < p.OC; ++oc)
+    for (int64_t t = 0; t < T; ++t) wf[oc * T + t] = w[oc * T + (T - 1 - t)];
+  parallel_range(p.N * p.C, 1, [&](int64_t i0, int64_t i1) {
+    std::unique_ptr<Buffer> z, tmp;
+    if (in.copy) z = std::make_unique<Buffer>(m * in.cs);
+    if (crop) tmp = std::make_unique<Buffer>(f.Q);
+    for (int64_t it = i0; it < i1; ++it) {  // it = n * C + c: one dx plane
+      const int64_t n = it / p.C, c = it % p.C;
+      const float* dyp = dy + (n * p.OC + c * m) * OHW;
+      if (it + 1 < i1) prefetch_l2(dyp + m * OHW, m * OHW * sizeof(float));
+      const float* src = dyp;
+      if (in.copy) {
+        make_flat_input(z->data(), dyp, m, q, in);
+        src = z->data();
+      }
+      float* dxp = dx + it * HW;
+      depthwise_plane(crop ? tmp->data() : dxp, src, in.cs, m, wf.data() + c * m * T, 0.f, f);
+      if (crop) crop_plane(dxp, tmp->data(), q.OH, f.width, q.OW);
+    }
+  });
+}
+
+// Backward w.r.t. the weights: dw[oc][t] = sum_{n, q} dy[n, oc, q] * x_n[c][q + off[t]], one
+// vector accumulator per tap (and one for the bias), summed over the samples in order and
+// reduced across lanes at the end. Threads split the channels: every sum has one fixed order.
+// TT = T known at compile time (3x3: the accumulators live in registers), or 0 (any T).
+template <int TT>
+void depthwise_weight_channel(float* dwo, float* dbo, const float* const* xs, const float* const* ds,
+                              int64_t nsamp, const FlatSpec& f) {
+  using S = Simd;
+  using V = S::V;
+  constexpr int L = S::L;
+  const int64_t T = TT ? TT : f.T;
+  V accs[TT ? TT : 1];
+  std::unique_ptr<Buffer> heap;
+  float* accm = nullptr;  // runtime T: accumulators in memory
+  if (!TT) {
+    heap = std::make_unique<Buffer>(T * L);
+    accm = heap->data();
+    for (int64_t t = 0; t < T; ++t) S::store(accm + t * L, S::zero());
+  }
+  for (int64_t t = 0; t < (TT ? TT : 0); ++t) accs[t] = S::zero();
+  V accb = S::zero();
+  for (int64_t n = 0; n < nsamp; ++n) {
+    const float* src = xs[n];
+    const float* d = ds[n];
+    for (int64_t v = 0; v < f.nvec; ++v) {
+      const V dv = S::loadm(d + v * L, S::mask(low_bits(f.Q - v * L)));
+      accb = S::add(accb, dv);
+      const uint32_t* mb = f.bits.data() + v * T;
+      const float* sv = src + v * L;
+      if constexpr (TT > 0) {
+#pragma GCC unroll 16
+        for (int t = 0; t < TT; ++t) accs[t] = S::fma(dv, S::loadm(sv + f.off[t], S::mask(mb[t])), accs[t]);
+      } else {
+        for (int64_t t = 0; t < T; ++t)
+          S::store(accm + t * L, S::fma(dv, S::loadm(sv + f.off[t], S::mask(mb[t])), S::load(accm + t * L)));
+      }
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) dwo[t] = S::hsum(TT ? accs[TT ? t : 0] : S::load(accm + t * L));
+  if (dbo) *dbo = S::hsum(accb);
+}
+
+inline void backward_weight_depthwise(float* dw, float* db, const float* dy, const float* x,
+                                      const Conv2dParams& p) {
+  const int64_t m = p.ocpg(), T = p.KH * p.KW, HW = p.H * p.W, OHW = p.OH * p.OW;
+  const FlatInput in = flat_input(p);
+  const FlatSpec f = forward_spec(p, in);
+  const bool widen = f.width != p.OW;  // dy re-laid on the grid (zero extra columns)
+  const bool copy = in.copy || widen;
+  parallel_range(p.OC, 1, [&](int64_t o0, int64_t o1) {
+    // the planes of every sample for one channel: in place, or copied (phase split / widened)
+    std::unique_ptr<Buffer> z, wide;
+    if (in.copy) z = std::make_unique<Buffer>(p.N * in.cs);
+    if (widen) wide = std::make_unique<Buffer>(p.N * f.Q);
+    std::vector<const float*> xs(p.N), ds(p.N);
+    for (int64_t oc = o0; oc < o1; ++oc) {
+      const int64_t c = oc / m;
+      for (int64_t n = 0; n < p.N; ++n) {
+        xs[n] = x + (n * p.C + c) * HW;
+        ds[n] = dy + (n * p.OC + oc) * OHW;
+        if (!copy) {
+          if (n + 1 < p.N) {  // the planes of one channel lie a whole sample apart
+            prefetch_l2(xs[n] + p.C * HW, HW * sizeof(float));
+            prefetch_l2(ds[n] + p.OC * OHW, OHW * sizeof(float));
+          }
+          continue;
+        }
+        if (in.copy) {
+          make_flat_input(z->data() + n * in.cs, xs[n], 1, p, in);
+          xs[n] = z->data() + n * in.cs;
+        }
+        if (widen) {
+          widen_plane(wide->data() + n * f.Q, ds[n], p.OH, p.OW, f.width);
+          ds[n] = wide->data() + n * f.Q;
+        }
+      }
+      float* dbo = db ? db + oc : nullptr;
+      if (T == 9)
+        depthwise_weight_channel<9>(dw + oc * T, dbo, xs.data(), ds.data(), p.N, f);
+      else
+        depthwise_weight_channel<0>(dw + oc * T, dbo, xs.data(), ds.data(), p.N, f);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016).
+//
+// Each 2x2 output tile is computed from a 4x4 input tile d as
+//     Y = A^T [ sum_c (G g_c G^T) .* (B^T d_c B) ] A
+// with the 3x3 filter g, elementwise product .*, and the constant matrices
+//     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//     A^T = [1 1 1 0; 0 1 -1 -1]
+// The sum over input channels is, for each of the 16 positions xi of the 4x4 transformed
+// tile, a matrix product  M_xi[oc, tile] = U_xi[oc, c] . V_xi[c, tile]:  16 products of the
+// same size as the direct convolution's but with 4 tiles x 16 = 64 multiplies per 4 outputs
+// per channel pair instead of 4 x 9 = 36... per output: 16/4 = 4 instead of 9, 2.25x fewer.
+// The transforms are additions only (and halvings for the weights), done once per tile and
+// channel: a few percent of the work when C and OC are >= 32.
+//
+// Layout: lanes = tiles. The 4x4 input tiles at stride 2 are exactly the taps of a stride-2
+// 4x4 "convolution", so the phase-split flat geometry above gives every tile element d[r][s]
+// of L tiles as one masked vector load. Tiles are numbered per sample (t = i*tw + j); a block
+// is NV "slots" of L tiles each (a slot = one vector of one sample's tiles). Per block:
+//   1. input transform  V[xi][c][slot lanes]      (16 B panels, c rows)
+//   2. for a chunk of output channels: 16 micro-kernel GEMMs M[xi] = U[xi] . V[xi]
+//   3. output transform Y = A^T M A (+ bias, ReLU) -> the 4 phase planes of the output,
+//      interleaved into y.
+constexpr int kWinoXi = 16;
+
+// U[xi][oc][c] = G g G^T for w (OC, C, 3, 3), packed as A panels (16 "groups" of OC rows).
+inline PackedA winograd_weights(const float* w, int64_t OC, int64_t C) {
+  std::vector<float> u(static_cast<size_t>(kWinoXi * OC * C));
+  parallel_for(OC, 1, [&](int64_t o0, int64_t o1) {
+    for (int64_t oc = o0; oc < o1; ++oc)
+      for (int64_t c = 0; c < C; ++c) {
+        const float* g = w + (oc * C + c) * 9;
+        float t[4][3];  // G g
+        for (int k = 0; k < 3; ++k) {
+          t[0][k] = g[k];
+          t[1][k] = 0.5f * (g[k] + g[3 + k] + g[6 + k]);
+          t[2][k] = 0.5f * (g[k] - g[3 + k] + g[6 + k]);
+          t[3][k] = g[6 + k];
+        }
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T
+          float* ur = u.data() + ((r * 4) * OC + oc) * C + c;
+          ur[0 * OC * C] = t[r][0];
+          ur[1 * OC * C] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+          ur[2 * OC * C] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+          ur[3 * OC * C] = t[r][2];
+        }
+      }
+  });
+  return pack_weights(u.data(), kWinoXi, OC, C);
+}
+
+// The geometry of the 4x4 input tiles: a stride-2, 4x4-kernel convolution with the same
+// padding, on the tile grid th x tw.
+inline Conv2dParams winograd_tile_params(const Conv2dParams& p) {
+  Conv2dParams t = p;
+  t.KH = t.KW = 4;
+  t.sh = t.sw = 2;
+  t.dh = t.dw = 1;
+  t.OH = (p.OH + 1) / 2;
+  t.OW = (p.OW + 1) / 2;
+  return t;
+}
+
+// B^T d B for 4 x 4 vectors (in place, d[r*4 + s]).
+inline void winograd_input_transform(Simd::V d[16]) {
+  using S = Simd;
+  for (int s = 0; s < 4; ++s) {  // B^T d: rows
+    const Simd::V d0 = d[s], d1 = d[4 + s], d2 = d[8 + s], d3 = d[12 + s];
+    d[s] = S::sub(d0, d2);
+    d[4 + s] = S::add(d1, d2);
+    d[8 + s] = S::sub(d2, d1);
+    d[12 + s] = S::sub(d1, d3);
+  }
+  for (int r = 0; r < 4; ++r) {  // (B^T d) B: columns
+    Simd::V* x = d + 4 * r;
+    const Simd::V d0 = x[0], d1 = x[1], d2 = x[2], d3 = x[3];
+    x[0] = S::sub(d0, d2);
+    x[1] = S::add(d1, d2);
+    x[2] = S::sub(d2, d1);
+    x[3] = S::sub(d1, d3);
+  }
+}
+
+// A^T m A for 4 x 4 vectors -> y[a*2 + b], the 2 x 2 outputs.
+inline void winograd_output_transform(const Simd::V m[16], Simd::V y[4]) {
+  using S = Simd;
+  Simd::V t[2][4];  // A^T m
+  for (int s = 0; s < 4; ++s) {
+    t[0][s] = S::add(S::add(m[s], m[4 + s]), m[8 + s]);
+    t[1][s] = S::sub(S::sub(m[4 + s], m[8 + s]), m[12 + s]);
+  }
+  for (int a = 0; a < 2; ++a) {  // (A^T m) A
+    y[a * 2 + 0] = S::add(S::add(t[a][0], t[a][1]), t[a][2]);
+    y[a * 2 + 1] = S::sub(S::sub(t[a][1], t[a][2]), t[a][3]);
+  }
+}
+
+// Write the 2x2 outputs of L tiles (t0.. of a sample, tw tiles per row) into one output
+// plane: output row 2i + a gets the interleaved pair (y[a][0], y[a][1]) of each tile.
+inline void winograd_store_tiles(float* yp, int64_t OH, int64_t OW, int64_t tw, int64_t t0,
+                                 int64_t ntiles, const Simd::V y[4]) {
+  using S = Simd;
+  constexpr int L = S::L;
+  alignas(64) float pairs[2][2 * L];  // per a: the tiles' pixel pairs in tile order
+  for (int a = 0; a < 2; ++a) {
+    alignas(64) float e[L], o[L];
+    S::store(e, y[a * 2]);
+    S::store(o, y[a * 2 + 1]);
+#if defined(__AVX512F__)
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    _mm512_store_ps(pairs[a], _mm512_permutex2var_ps(y[a * 2], lo, y[a * 2 + 1]));
+    _mm512_store_ps(pairs[a] + L, _mm512_permutex2var_ps(y[a * 2], hi, y[a * 2 + 1]));
+    (void)e; (void)o;
+#else
+    for (int l = 0; l < L; ++l) {
+      pairs[a][2 * l] = e[l];
+      pairs[a][2 * l + 1] = o[l];
+    }
+#endif
+  }
+  // runs of tiles in one tile row: one masked store per output row
+  for (int64_t l = 0; l < ntiles;) {
+    const int64_t t = t0 + l, i = t / tw, j = t % tw;
+    const int64_t len = std::min(ntiles - l, tw - j);
+    const int64_t npix = std::min(2 * len, OW - 2 * j);  // the last column may be outside
+    for (int a = 0; a < 2; ++a) {
+      const int64_t row = 2 * i + a;
+      if (row >= OH) continue;
+      float* dst = yp + row * OW + 2 * j;
+      const float* src = pairs[a] + 2 * l;
+      for (int64_t k = 0; k < npix; k += L)
+        S::storem(dst + k, S::mask(low_bits(npix - k)), S::load(src + k));
+    }
+    l += len;
+  }
+}
+
+// y = conv(x, w) + b (then ReLU): Winograd F(2x2, 3x3) forward, for winograd_ok(p).
+inline void forward_winograd(float* y, const float* x, const float* w, const float* b,
+                             const Conv2dParams& p, bool relu) {
+  using S = Simd;
+  using V = S::V;
+  constexpr int L = S::L;
+  const int64_t C = p.C, OC = p.OC, HW = p.H * p.W, OHW = p.OH * p.OW;
+  const Conv2dParams tp = winograd_tile_params(p);
+  const FlatInput in = flat_input(tp);
+  const FlatSpec f = forward_spec(tp, in);  // 16 taps = the tile elements d[r][s]
+  const int64_t tw = tp.OW, ntiles = tp.OH * tp.OW;  // tiles per sample
+  const int64_t nvt = (ntiles + L - 1) / L;            // vectors (slots) per sample
+  const int64_t NB = kNR;                              // lanes of a block (kNV slots)
+  const PackedA U = winograd_weights(w, OC, C);
+  // output channels per chunk: the chunk's 16 M panels (16 x OCc x NB) in a quarter of L2
+  const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
+  int64_t occ = std::max<int64_t>(kMR, l2 / 4 / (kWinoXi * NB * int64_t(sizeof(float))));
+  occ = std::min(OC, occ / kMR * kMR);
+  const int64_t nslots = p.N * nvt, nblocks = (nslots + kNV - 1) / kNV;
+  parallel_range(nblocks, 1, [&](int64_t b0, int64_t b1) {
+    Buffer z(C * in.cs), vb(kWinoXi * C * NB), mb(kWinoXi * occ * NB);
+    int64_t zn = -1;  // the sample whose phase split is in z
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t s0 = blk * kNV;
+      const int nv = static_cast<int>(std::min<int64_t>(kNV, nslots - s0));
+      const int64_t ldb = nv * L;  // B panel rows: the block's lanes
+      // 1. input transform of the block's slots
+      for (int j = 0; j < nv; ++j) {
+        const int64_t n = (s0 + j) / nvt, v = (s0 + j) % nvt;
+        if (n != zn) {
+          const float* xn = x + n * C * HW;
+          if (n + 1 < p.N) prefetch_l2(xn + C * HW, C * HW * sizeof(float));
+          make_flat_input(z.data(), xn, C, tp, in);
+          zn = n;
+        }
+        const uint32_t* mbits = f.bits.data() + v * 16;
+        for (int64_t c = 0; c < C; ++c) {
+          const float* src = z.data() + c * in.cs + v * L;
+          V d[16];
+          for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
+          winograd_input_transform(d);
+          for (int xi = 0; xi < 16; ++xi) S::store(vb.data() + (xi * C + c) * ldb + j * L, d[xi]);
+        }
+      }
+      // 2. + 3. per chunk of output channels: 16 GEMMs, then the output transform
+      for (int64_t oc0 = 0; oc0 < OC; oc0 += occ) {
+        const int64_t oc1 = std::min(OC, oc0 + occ);
+        Epilogue e;
+        for (int xi = 0; xi < 16; ++xi)
+          for (int64_t ob = oc0 / kMR; ob * kMR < oc1; ++ob)
+            ukernel_for(U.mr(ob), nv)(C, U.panel(xi, ob), vb.data() + xi * C * ldb,
+                                      mb.data() + (xi * occ + ob * kMR - oc0) * NB, NB, e);
+        for (int64_t oc = oc0; oc < oc1; ++oc) {
+          const V bias = S::set1(b ? b[oc] : 0.f);
+          for (int j = 0; j < nv; ++j) {
+            const int64_t n = (s0 + j) / nvt, v = (s0 + j) % nvt;
+            V m[16], yv[4];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(mb.data() + (xi * occ + oc - oc0) * NB + j * L);
+            winograd_output_transform(m, yv);
+            for (int k = 0; k < 4; ++k) {
+              yv[k] = S::add(yv[k], bias);
+              if (relu) yv[k] = S::max(yv[k], S::zero());
+            }
+            winograd_store_tiles(y + (n * OC + oc) * OHW, p.OH, p.OW, tw, v * L,
+                                 std::min<int64_t>(L, ntiles - v * L), yv);
+          }
+        }
+      }
+    }
+  });
+}
+
+inline void backward_input_winograd(float* dx, const float* dy, const float* w,
+                                    const Conv2dParams& p) {
+  std::vector<float> wt(static_cast<size_t>(p.OC * p.C * 9));
+  transpose_flip_weights(wt.data(), w, p);
+  forward_winograd(dx, dy, wt.data(), nullptr, transposed_params(p), false);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points (declared in conv2d_algo.h; conv2d.cpp chose `algo`).
 
 void conv2d_forward_f32(float* y, const float* x, const float* w, const float* b,
                         const Conv2dParams& p, ConvAlgo algo, bool relu) {
   switch (algo) {
     case ConvAlgo::flat: return forward_flat(y, x, w, b, p, relu);
+    case ConvAlgo::winograd: return forward_winograd(y, x, w, b, p, relu);
+    case ConvAlgo::depthwise:
+      forward_depthwise(y, x, w, b, p);
+      if (relu) throw std::logic_error("depthwise: fused relu not supported");
+      return;
     default: throw std::logic_error("conv2d_forward_f32: algorithm not available");
   }
 }
@@ -777,6 +1209,8 @@ void conv2d_backward_input_f32(float* dx, const float* dy, const float* w, const
                                ConvAlgo algo) {
   switch (algo) {
     case ConvAlgo::flat: return backward_input_flat(dx, dy, w, p);
+    case ConvAlgo::winograd: return backward_input_winograd(dx, dy, w, p);
+    case ConvAlgo::depthwise: return backward_input_depthwise(dx, dy, w, p);
     default: throw std::logic_error("conv2d_backward_input_f32: algorithm not available");
   }
 }
@@ -785,6 +1219,7 @@ void conv2d_backward_weight_f32(float* dw, float* db, const float* dy, const flo
                                 const Conv2dParams& p, ConvAlgo algo) {
   switch (algo) {
     case ConvAlgo::direct: return backward_weight_direct(dw, db, dy, x, p);
+    case ConvAlgo::depthwise: return backward_weight_depthwise(dw, db, dy, x, p);
     default: throw std::logic_error("conv2d_backward_weight_f32: algorithm not available");
   }
 }
