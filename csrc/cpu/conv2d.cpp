@@ -243,7 +243,7 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
       // Winograd F(2x2, 3x3): 2.25x fewer multiplies; its transforms cost a few percent per
       // channel, so it needs enough channels on both sides to pay off
       const Conv2dParams q = dir == ConvDir::forward ? p : transposed_view(p);
-      if (winograd_applies(q) && !forced("flat") &&
+      if (winograd_applies(q) && !forced("flat") && !forced("direct") &&
           (forced("winograd") || (q.C >= 16 && q.OC >= 16)))
         return ConvAlgo::winograd;
       // implicit-im2col GEMM for every shape: stride 1 "same" convolutions read the planes
@@ -251,6 +251,9 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
       return ConvAlgo::flat;
     }
     case ConvDir::backward_weight:
+      if (winograd_applies(p) && !forced("flat") && !forced("direct") &&
+          (forced("winograd") || (p.C >= 16 && p.OC >= 16)))
+        return ConvAlgo::winograd;
       // any stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;
   }

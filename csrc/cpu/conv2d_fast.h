@@ -158,23 +158,31 @@ inline void pack_a_rows(float* __restrict ap, const float* __restrict w, int64_t
 // Packed weights of every group: for group g and row block ob (MR rows, fewer in the last),
 // the panel [K][mr] starts at panel(g, ob) = (g * ocpg + ob * MR) * K.
 struct PackedA {
-  std::unique_ptr<Buffer> buf;
+  std::unique_ptr<Buffer> own;  // the storage, unless the caller lent some
+  float* data = nullptr;
   int64_t rows = 0, K = 0, nblocks = 0;
-  const float* panel(int64_t g, int64_t ob) const { return buf->data() + (g * rows + ob * kMR) * K; }
+  float* panel(int64_t g, int64_t ob) const { return data + (g * rows + ob * kMR) * K; }
   int mr(int64_t ob) const { return static_cast<int>(std::min<int64_t>(kMR, rows - ob * kMR)); }
+  PackedA() = default;
+  PackedA(int64_t G, int64_t rows_, int64_t K_, float* storage) : rows(rows_), K(K_) {
+    nblocks = (rows + kMR - 1) / kMR;
+    if (!storage) {
+      own = std::make_unique<Buffer>(G * rows * K);
+      storage = own->data();
+    }
+    data = storage;
+  }
 };
 
-// w: G stacked row-major matrices [rows][K] (group stride rows * K).
-inline PackedA pack_weights(const float* w, int64_t G, int64_t rows, int64_t K) {
-  PackedA A;
-  A.rows = rows;
-  A.K = K;
-  A.nblocks = (rows + kMR - 1) / kMR;
-  A.buf = std::make_unique<Buffer>(G * rows * K);
+// w: G stacked row-major matrices [rows][K] (group stride rows * K). storage: G*rows*K floats
+// or null (allocate).
+inline PackedA pack_weights(const float* w, int64_t G, int64_t rows, int64_t K,
+                            float* storage = nullptr) {
+  PackedA A(G, rows, K, storage);
   parallel_for(G * A.nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t g = b / A.nblocks, ob = b % A.nblocks;
-      pack_a_rows(const_cast<float*>(A.panel(g, ob)), w + (g * rows + ob * kMR) * K, K, A.mr(ob), K);
+      pack_a_rows(A.panel(g, ob), w + (g * rows + ob * kMR) * K, K, A.mr(ob), K);
     }
   });
   return A;
@@ -306,21 +314,24 @@ inline void run_flat(float* out, int64_t ldo, const float* in, int64_t cs, const
   }
 }
 
-// Row deinterleave for the phase split: dst_b[j] = src[j*s + b] for j < n_b (zero past the
+// Row deinterleave for the phase split: dst_b[j] = src[j*s + b] for j < width (zero past the
 // source row of length w), for every phase b < s. Vectorized for s == 2 (the common stride).
 inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s) {
   int64_t j = 0;
-#if defined(__AVX512F__)
   if (s == 2) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for (; j + 16 <= width && 2 * j + 32 <= w; j += 16) {
-      const __m512 lo = _mm512_loadu_ps(src + 2 * j), hi = _mm512_loadu_ps(src + 2 * j + 16);
-      _mm512_storeu_ps(dst[0] + j, _mm512_permutex2var_ps(lo, even, hi));
-      _mm512_storeu_ps(dst[1] + j, _mm512_permutex2var_ps(lo, odd, hi));
+    using S = Simd;
+    constexpr int L = S::L;
+    for (; j < width; j += L) {  // 2L source floats -> L even + L odd
+      const S::V lo = S::loadm(src + 2 * j, S::mask(low_bits(w - 2 * j)));
+      const S::V hi = S::loadm(src + 2 * j + L, S::mask(low_bits(w - 2 * j - L)));
+      S::V even, odd;
+      S::deinterleave(lo, hi, even, odd);
+      const S::M m = S::mask(low_bits(width - j));
+      S::storem(dst[0] + j, m, even);
+      S::storem(dst[1] + j, m, odd);
     }
+    return;
   }
-#endif
   for (; j < width; ++j)
     for (int64_t b = 0; b < s; ++b) {
       const int64_t iw = j * s + b;
@@ -330,19 +341,47 @@ inline void split_row(float* const* dst, int64_t width, const float* src, int64_
 
 // Inverse of split_row: dst[j*s + b] = src_b[j] for every column j*s + b < w.
 inline void merge_row(float* dst, int64_t w, const float* const* src, int64_t s) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
   if (s == 2) {
-    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
-    for (; 2 * j + 32 <= w; j += 16) {
-      const __m512 e = _mm512_loadu_ps(src[0] + j), o = _mm512_loadu_ps(src[1] + j);
-      _mm512_storeu_ps(dst + 2 * j, _mm512_permutex2var_ps(e, lo_idx, o));
-      _mm512_storeu_ps(dst + 2 * j + 16, _mm512_permutex2var_ps(e, hi_idx, o));
+    using S = Simd;
+    constexpr int L = S::L;
+    for (int64_t j = 0; 2 * j < w; j += L) {
+      const int64_t n = (w - 2 * j + 1) / 2;  // source columns left (the odd phase may be one short)
+      const S::V e = S::loadm(src[0] + j, S::mask(low_bits(n)));
+      const S::V o = S::loadm(src[1] + j, S::mask(low_bits(w / 2 - j)));
+      S::V lo, hi;
+      S::interleave(e, o, lo, hi);
+      S::storem(dst + 2 * j, S::mask(low_bits(w - 2 * j)), lo);
+      S::storem(dst + 2 * j + L, S::mask(low_bits(w - 2 * j - L)), hi);
     }
+    return;
   }
-#endif
-  for (int64_t iw = j * s; iw < w; ++iw) dst[iw] = src[iw % s][iw / s];
+  for (int64_t iw = 0; iw < w; ++iw) dst[iw] = src[iw % s][iw / s];
+}
+
+// Per-thread scratch memory, reused across calls: only the first call of a given size pays
+// the page faults of fresh memory (measured: ~0.5 ms for the 4 MB of partial sums of a large
+// weight gradient). Each function uses its own slot numbers; the buffers live until the
+// thread ends.
+inline float* scratch(int slot, int64_t n) {
+  struct Arena {
+    float* p[8] = {};
+    int64_t cap[8] = {};
+    ~Arena() {
+      for (float* q : p) std::free(q);
+    }
+  };
+  thread_local Arena a;
+  if (a.cap[slot] < n) {
+    std::free(a.p[slot]);
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    a.p[slot] = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!a.p[slot]) {
+      a.cap[slot] = 0;
+      throw std::bad_alloc();
+    }
+    a.cap[slot] = n;
+  }
+  return a.p[slot];
 }
 
 // The input layout the flat forward reads: x itself, or a copy in phase planes / wider rows.
@@ -408,16 +447,15 @@ inline void forward_flat(float* y, const float* x, const float* w, const float* 
   const FlatInput in = flat_input(p);
   const FlatSpec f = forward_spec(p, in);
   const bool crop = f.width != p.OW;  // computed on a wider grid: crop into y
-  const PackedA A = pack_weights(w, p.G, ocpg, K);
+  const PackedA A = pack_weights(w, p.G, ocpg, K, scratch(7, p.G * ocpg * K));
   kc = kc > 0 ? std::min(kc, K) : choose_kc(K, ocpg);
   const int64_t ntiles = (f.Q + kNR - 1) / kNR;
   const int64_t per_item = in.copy || crop ? ntiles : 1;  // tiles per work item
   const int64_t items = p.N * p.G * (ntiles / per_item);
   parallel_range(items, 1, [&](int64_t i0, int64_t i1) {
-    Buffer bp(kc * kNR);
-    std::unique_ptr<Buffer> z, tmp;
-    if (in.copy) z = std::make_unique<Buffer>(cpg * in.cs);
-    if (crop) tmp = std::make_unique<Buffer>(ocpg * f.Q);
+    float* bp = scratch(0, kc * kNR);
+    float* z = in.copy ? scratch(1, cpg * in.cs) : nullptr;
+    float* tmp = crop ? scratch(2, ocpg * f.Q) : nullptr;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t ng = it / (ntiles / per_item), n = ng / p.G, g = ng % p.G;
       const int64_t t0 = (it % (ntiles / per_item)) * per_item;
@@ -425,19 +463,19 @@ inline void forward_flat(float* y, const float* x, const float* w, const float* 
       if (t0 == 0 && ng + 1 < p.N * p.G) prefetch_l2(xg + cpg * HW, cpg * HW * sizeof(float));
       const float* src = xg;
       if (in.copy) {
-        make_flat_input(z->data(), xg, cpg, p, in);
-        src = z->data();
+        make_flat_input(z, xg, cpg, p, in);
+        src = z;
       }
       const float* bias = b ? b + g * ocpg : nullptr;
       float* yg = y + (n * p.OC + g * ocpg) * p.OH * p.OW;
       if (!crop) {
-        run_flat(yg, f.Q, src, in.cs, f, A, g, bias, relu, kc, t0, t0 + per_item, bp.data());
+        run_flat(yg, f.Q, src, in.cs, f, A, g, bias, relu, kc, t0, t0 + per_item, bp);
         continue;
       }
-      run_flat(tmp->data(), f.Q, src, in.cs, f, A, g, bias, relu, kc, 0, ntiles, bp.data());
+      run_flat(tmp, f.Q, src, in.cs, f, A, g, bias, relu, kc, 0, ntiles, bp);
       for (int64_t o = 0; o < ocpg; ++o)
         for (int64_t oh = 0; oh < p.OH; ++oh)
-          std::memcpy(yg + (o * p.OH + oh) * p.OW, tmp->data() + o * f.Q + oh * f.width,
+          std::memcpy(yg + (o * p.OH + oh) * p.OW, tmp + o * f.Q + oh * f.width,
                       sizeof(float) * p.OW);
     }
   });
@@ -518,9 +556,9 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
   const int64_t kc = choose_kc(K, cpg);
   const int64_t Qg = Hd * width;
   parallel_range(p.N * p.G, 1, [&](int64_t i0, int64_t i1) {
-    Buffer bp(kc * kNR), tmp(nph * cpg * Qg);
-    std::unique_ptr<Buffer> wide;
-    if (copy) wide = std::make_unique<Buffer>(ocpg * cs);
+    float* bp = scratch(0, kc * kNR);
+    float* tmp = scratch(1, nph * cpg * Qg);
+    float* wide = copy ? scratch(2, ocpg * cs) : nullptr;
     std::vector<const float*> src(s_w);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / p.G, g = it % p.G;
@@ -530,27 +568,27 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
       if (copy) {
         for (int64_t o = 0; o < ocpg; ++o)
           for (int64_t r = 0; r < p.OH; ++r) {
-            float* d = wide->data() + o * cs + r * width;
+            float* d = wide + o * cs + r * width;
             std::memcpy(d, dyg + o * OHW + r * p.OW, sizeof(float) * p.OW);
             std::memset(d + p.OW, 0, sizeof(float) * (width - p.OW));
           }
-        in = wide->data();
+        in = wide;
       }
       for (int64_t k = 0; k < nph; ++k) {
-        float* out = tmp.data() + k * cpg * Qg;
+        float* out = tmp + k * cpg * Qg;
         if (!ph[k].f) {
           std::memset(out, 0, sizeof(float) * cpg * Qg);
           continue;
         }
         run_flat(out, Qg, in, cs, *ph[k].f, ph[k].A, g, nullptr, false, kc, 0,
-                 (Qg + kNR - 1) / kNR, bp.data());
+                 (Qg + kNR - 1) / kNR, bp);
       }
       float* dxg = dx + (n * p.C + g * cpg) * p.H * p.W;
       for (int64_t c = 0; c < cpg; ++c)
         for (int64_t ih = 0; ih < p.H; ++ih) {
           const int64_t a = ih % s_h, i = ih / s_h;
           for (int64_t b = 0; b < s_w; ++b)
-            src[b] = tmp.data() + ((a * s_w + b) * cpg + c) * Qg + i * width;
+            src[b] = tmp + ((a * s_w + b) * cpg + c) * Qg + i * width;
           merge_row(dxg + (c * p.H + ih) * p.W, p.W, src.data(), s_w);
         }
     }
@@ -559,9 +597,9 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
 
 inline void backward_input_flat(float* dx, const float* dy, const float* w, const Conv2dParams& p) {
   if (p.sh == 1 && p.sw == 1) {
-    std::vector<float> wt(static_cast<size_t>(p.OC * p.cpg() * p.KH * p.KW));
-    transpose_flip_weights(wt.data(), w, p);
-    return forward_flat(dx, dy, wt.data(), nullptr, transposed_params(p), false);
+    float* wt = scratch(6, p.OC * p.cpg() * p.KH * p.KW);  // forward_flat does not use slot 6
+    transpose_flip_weights(wt, w, p);
+    return forward_flat(dx, dy, wt, nullptr, transposed_params(p), false);
   }
   backward_input_strided(dx, dy, w, p);
 }
@@ -715,16 +753,17 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
   const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
   const int64_t S = kc_override() ? 1 : std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
   const int64_t pstride = p.G * (K * ocpad + ocpad);    // one chunk's partial dw and db
-  Buffer partial(nchunks * pstride);
+  float* partial = scratch(3, nchunks * pstride);
   parallel_for(nchunks * p.G * noct, 1, [&](int64_t i0, int64_t i1) {
-    Buffer xpad(S * cpg * plane), dyT(S * Q * kNR);
+    float* xpad = scratch(4, S * cpg * plane);
+    float* dyT = scratch(5, S * Q * kNR);
     std::vector<const float*> xs(S), bs(S);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t ch = it / (p.G * noct), g = (it / noct) % p.G, ot = it % noct;
       const int64_t oc0 = ot * kNR;
       const int nr = static_cast<int>(std::min<int64_t>(kNR, ocpg - oc0));
       const int nv = (nr + S_::L - 1) / S_::L;
-      float* pw = partial.data() + ch * pstride + g * (K * ocpad + ocpad);
+      float* pw = partial + ch * pstride + g * (K * ocpad + ocpad);
       float* pb = pw + K * ocpad + oc0;
       for (int64_t j = 0; j < kNR; ++j) pb[j] = 0.f;
       bool first = true;
@@ -733,8 +772,8 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
         const int ns = static_cast<int>(std::min<int64_t>(S, n_end - n0));
         for (int s = 0; s < ns; ++s) {
           const int64_t n = n0 + s;
-          xs[s] = xpad.data() + s * cpg * plane;
-          bs[s] = dyT.data() + s * Q * nv * S_::L;
+          xs[s] = xpad + s * cpg * plane;
+          bs[s] = dyT + s * Q * nv * S_::L;
           pad_input(const_cast<float*>(xs[s]), x + (n * p.C + g * cpg) * HW, cpg, p);
           pack_dy_transposed(const_cast<float*>(bs[s]), nv * S_::L,
                              dy + (n * p.OC + g * ocpg) * Q, oc0, ocpg, Q, pb);
@@ -764,7 +803,7 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
       for (int64_t k = 0; k < K; ++k) d[k] = 0.f;
       float bsum = 0.f;
       for (int64_t ch = 0; ch < nchunks; ++ch) {
-        const float* pw = partial.data() + ch * pstride + g * (K * ocpad + ocpad);
+        const float* pw = partial + ch * pstride + g * (K * ocpad + ocpad);
         for (int64_t k = 0; k < K; ++k) d[k] += pw[k * ocpad + oc];
         bsum += pw[K * ocpad + oc];
       }
@@ -997,11 +1036,14 @@ inline void backward_weight_depthwise(float* dw, float* db, const float* dy, con
 //      interleaved into y.
 constexpr int kWinoXi = 16;
 
-// U[xi][oc][c] = G g G^T for w (OC, C, 3, 3), packed as A panels (16 "groups" of OC rows).
-inline PackedA winograd_weights(const float* w, int64_t OC, int64_t C) {
-  std::vector<float> u(static_cast<size_t>(kWinoXi * OC * C));
+// U[xi][oc][c] = G g G^T for w (OC, C, 3, 3), written straight into A panels (16 "groups" of
+// OC rows, K = C).
+inline PackedA winograd_weights(const float* w, int64_t OC, int64_t C, float* storage) {
+  PackedA U(kWinoXi, OC, C, storage);
   parallel_for(OC, 1, [&](int64_t o0, int64_t o1) {
-    for (int64_t oc = o0; oc < o1; ++oc)
+    for (int64_t oc = o0; oc < o1; ++oc) {
+      const int64_t ob = oc / kMR, i = oc % kMR;
+      const int mr = U.mr(ob);
       for (int64_t c = 0; c < C; ++c) {
         const float* g = w + (oc * C + c) * 9;
         float t[4][3];  // G g
@@ -1012,15 +1054,14 @@ inline PackedA winograd_weights(const float* w, int64_t OC, int64_t C) {
           t[3][k] = g[6 + k];
         }
         for (int r = 0; r < 4; ++r) {  // (G g) G^T
-          float* ur = u.data() + ((r * 4) * OC + oc) * C + c;
-          ur[0 * OC * C] = t[r][0];
-          ur[1 * OC * C] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-          ur[2 * OC * C] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-          ur[3 * OC * C] = t[r][2];
+          const float u[4] = {t[r][0], 0.5f * (t[r][0] + t[r][1] + t[r][2]),
+                              0.5f * (t[r][0] - t[r][1] + t[r][2]), t[r][2]};
+          for (int q = 0; q < 4; ++q) U.panel(r * 4 + q, ob)[c * mr + i] = u[q];
         }
       }
+    }
   });
-  return pack_weights(u.data(), kWinoXi, OC, C);
+  return U;
 }
 
 // The geometry of the 4x4 input tiles: a stride-2, 4x4-kernel convolution with the same
@@ -1123,14 +1164,20 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
   const int64_t tw = tp.OW, ntiles = tp.OH * tp.OW;  // tiles per sample
   const int64_t nvt = (ntiles + L - 1) / L;            // vectors (slots) per sample
   const int64_t NB = kNR;                              // lanes of a block (kNV slots)
-  const PackedA U = winograd_weights(w, OC, C);
+  const PackedA U = winograd_weights(w, OC, C, scratch(7, kWinoXi * OC * C));
   // output channels per chunk: the chunk's 16 M panels (16 x OCc x NB) in a quarter of L2
   const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
   int64_t occ = std::max<int64_t>(kMR, l2 / 4 / (kWinoXi * NB * int64_t(sizeof(float))));
   occ = std::min(OC, occ / kMR * kMR);
   const int64_t nslots = p.N * nvt, nblocks = (nslots + kNV - 1) / kNV;
   parallel_range(nblocks, 1, [&](int64_t b0, int64_t b1) {
-    Buffer z(C * in.cs), vb(kWinoXi * C * NB), mb(kWinoXi * occ * NB);
+    // the 16 panels of V (and of M) are written together: their strides are padded by one
+    // cache line so they do not all fall into the same L1 set (the unpadded strides are
+    // multiples of 4 KB)
+    const int64_t vstride = C * NB + 16, mstride = occ * NB + 16;
+    float* z = scratch(1, C * in.cs);
+    float* vb = scratch(4, kWinoXi * vstride);
+    float* mb = scratch(5, kWinoXi * mstride);
     int64_t zn = -1;  // the sample whose phase split is in z
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t s0 = blk * kNV;
@@ -1142,16 +1189,16 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
         if (n != zn) {
           const float* xn = x + n * C * HW;
           if (n + 1 < p.N) prefetch_l2(xn + C * HW, C * HW * sizeof(float));
-          make_flat_input(z.data(), xn, C, tp, in);
+          make_flat_input(z, xn, C, tp, in);
           zn = n;
         }
         const uint32_t* mbits = f.bits.data() + v * 16;
         for (int64_t c = 0; c < C; ++c) {
-          const float* src = z.data() + c * in.cs + v * L;
+          const float* src = z + c * in.cs + v * L;
           V d[16];
           for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
           winograd_input_transform(d);
-          for (int xi = 0; xi < 16; ++xi) S::store(vb.data() + (xi * C + c) * ldb + j * L, d[xi]);
+          for (int xi = 0; xi < 16; ++xi) S::store(vb + xi * vstride + c * ldb + j * L, d[xi]);
         }
       }
       // 2. + 3. per chunk of output channels: 16 GEMMs, then the output transform
@@ -1160,14 +1207,14 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
         Epilogue e;
         for (int xi = 0; xi < 16; ++xi)
           for (int64_t ob = oc0 / kMR; ob * kMR < oc1; ++ob)
-            ukernel_for(U.mr(ob), nv)(C, U.panel(xi, ob), vb.data() + xi * C * ldb,
-                                      mb.data() + (xi * occ + ob * kMR - oc0) * NB, NB, e);
+            ukernel_for(U.mr(ob), nv)(C, U.panel(xi, ob), vb + xi * vstride,
+                                      mb + xi * mstride + (ob * kMR - oc0) * NB, NB, e);
         for (int64_t oc = oc0; oc < oc1; ++oc) {
           const V bias = S::set1(b ? b[oc] : 0.f);
           for (int j = 0; j < nv; ++j) {
             const int64_t n = (s0 + j) / nvt, v = (s0 + j) % nvt;
             V m[16], yv[4];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(mb.data() + (xi * occ + oc - oc0) * NB + j * L);
+            for (int xi = 0; xi < 16; ++xi) m[xi] = S::load(mb + xi * mstride + (oc - oc0) * NB + j * L);
             winograd_output_transform(m, yv);
             for (int k = 0; k < 4; ++k) {
               yv[k] = S::add(yv[k], bias);
@@ -1182,11 +1229,181 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
   });
 }
 
+// Backward w.r.t. the weights with the same transforms. With V the transformed input tiles
+// and dM = A dY A^T the adjoint of the output transform applied to the dy tiles,
+//     dU_xi[oc, c] = sum_tiles dM_xi[oc, tile] * V_xi[c, tile]        dw[oc, c] = G^T dU G
+// As in backward_weight_direct, the transpose dU^T[c][oc] is computed, oc vectorized: the
+// V rows are broadcast, dM^T[tile][oc lanes] is the B panel (built from the transposed dy).
+// Work items are (chunk of samples, tile of NR output channels); partial dU per chunk,
+// folded in chunk order.
+
+// dM = A dY A^T for 2 x 2 vectors dy[a*2 + b] -> 16 vectors m[r*4 + s].
+inline void winograd_output_adjoint(const Simd::V dy[4], Simd::V m[16]) {
+  using S = Simd;
+  Simd::V t[4][2];  // A dY: t[r][b]
+  for (int b = 0; b < 2; ++b) {
+    t[0][b] = dy[b];
+    t[1][b] = S::add(dy[b], dy[2 + b]);
+    t[2][b] = S::sub(dy[b], dy[2 + b]);
+    t[3][b] = S::sub(S::zero(), dy[2 + b]);
+  }
+  for (int r = 0; r < 4; ++r) {  // (A dY) A^T
+    m[r * 4 + 0] = t[r][0];
+    m[r * 4 + 1] = S::add(t[r][0], t[r][1]);
+    m[r * 4 + 2] = S::sub(t[r][0], t[r][1]);
+    m[r * 4 + 3] = S::sub(S::zero(), t[r][1]);
+  }
+}
+
+inline void backward_weight_winograd(float* dw, float* db, const float* dy, const float* x,
+                                     const Conv2dParams& p) {
+  using S = Simd;
+  using V = S::V;
+  constexpr int L = S::L;
+  const int64_t C = p.C, OC = p.OC, HW = p.H * p.W, OHW = p.OH * p.OW;
+  if (p.N == 0) {
+    std::fill(dw, dw + OC * C * 9, 0.f);
+    if (db) std::fill(db, db + OC, 0.f);
+    return;
+  }
+  const Conv2dParams tp = winograd_tile_params(p);
+  const FlatInput in = flat_input(tp);
+  const FlatSpec f = forward_spec(tp, in);
+  const int64_t tw = tp.OW, ntiles = tp.OH * tp.OW, nvt = (ntiles + L - 1) / L;
+  const int64_t tpad = nvt * L;  // tiles of a sample, rounded up to whole vectors
+  const int64_t noct = (OC + kNR - 1) / kNR, ocpad = noct * kNR;
+  const int64_t want_items = 8;
+  const int64_t want_chunks = std::min<int64_t>(p.N, std::max<int64_t>(1, want_items / noct));
+  const int64_t per = (p.N + want_chunks - 1) / want_chunks;
+  const int64_t nchunks = (p.N + per - 1) / per;
+  // samples per group: V (16 x C x tiles) and dM^T (16 x tiles x NR) in half of L2
+  const int64_t l2 = std::max<int64_t>(cpu_info().l2, 256 * 1024);
+  const int64_t per_sample = kWinoXi * tpad * (C + kNR) * int64_t(sizeof(float));
+  const int64_t S_ = kc_override() ? 1 : std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
+  const int64_t pstride = kWinoXi * C * ocpad + ocpad;  // one chunk's dU^T and db
+  float* partial = scratch(3, nchunks * pstride);
+  parallel_for(nchunks * noct, 1, [&](int64_t i0, int64_t i1) {
+    const int64_t gt = S_ * tpad;  // tile lanes of a group
+    // per-xi strides padded by a cache line (see forward_winograd)
+    const int64_t vstride = C * gt + 16, mstride = gt * kNR + 16;
+    float* z = scratch(1, C * in.cs);
+    float* vb = scratch(4, kWinoXi * vstride);
+    float* mt = scratch(5, kWinoXi * mstride);
+    float* dyT = scratch(6, OHW * kNR);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t ch = it / noct, ot = it % noct, oc0 = ot * kNR;
+      const int nr = static_cast<int>(std::min<int64_t>(kNR, OC - oc0));
+      const int nv = (nr + L - 1) / L, nrl = nv * L;
+      float* pu = partial + ch * pstride;
+      float* pb = pu + kWinoXi * C * ocpad + oc0;
+      for (int64_t j = 0; j < kNR; ++j) pb[j] = 0.f;
+      bool first = true;
+      const int64_t n_end = std::min(p.N, (ch + 1) * per);
+      for (int64_t n0 = ch * per; n0 < n_end; n0 += S_) {
+        const int64_t ns = std::min<int64_t>(S_, n_end - n0), nt = ns * tpad;
+        for (int64_t s = 0; s < ns; ++s) {
+          const int64_t n = n0 + s;
+          // V of the sample: lanes = tiles (as in the forward)
+          make_flat_input(z, x + n * C * HW, C, tp, in);
+          for (int64_t v = 0; v < nvt; ++v) {
+            const uint32_t* mbits = f.bits.data() + v * 16;
+            for (int64_t c = 0; c < C; ++c) {
+              const float* src = z + c * in.cs + v * L;
+              V d[16];
+              for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
+              winograd_input_transform(d);
+              for (int xi = 0; xi < 16; ++xi)
+                S::store(vb + xi * vstride + c * gt + s * tpad + v * L, d[xi]);
+            }
+          }
+          // dM^T of the sample: lanes = output channels, from the transposed dy
+          pack_dy_transposed(dyT, nrl, dy + n * OC * OHW, oc0, OC, OHW, pb);
+          for (int64_t t = 0; t < tpad; ++t) {
+            float* mrow = mt + (s * tpad + t) * nrl;
+            if (t >= ntiles) {  // padding lanes of the last vector: no contribution
+              for (int xi = 0; xi < 16; ++xi)
+                for (int k = 0; k < nv; ++k) S::store(mrow + xi * mstride + k * L, S::zero());
+              continue;
+            }
+            const int64_t i = t / tw, j = t % tw;
+            for (int k = 0; k < nv; ++k) {
+              V dyv[4], m[16];
+              for (int a = 0; a < 2; ++a)
+                for (int b = 0; b < 2; ++b) {
+                  const int64_t oh = 2 * i + a, ow = 2 * j + b;
+                  dyv[a * 2 + b] = oh < p.OH && ow < p.OW
+                                       ? S::load(dyT + (oh * p.OW + ow) * nrl + k * L)
+                                       : S::zero();
+                }
+              winograd_output_adjoint(dyv, m);
+              for (int xi = 0; xi < 16; ++xi) S::store(mrow + xi * mstride + k * L, m[xi]);
+            }
+          }
+        }
+        // 16 products over the group's tiles, accumulated into the chunk's dU^T
+        DwRows r;
+        r.arow = 0;
+        r.acol = 1;
+        r.OH = 1;
+        r.OW = nt;
+        for (int xi = 0; xi < 16; ++xi) {
+          const float* vx = vb + xi * vstride;
+          const float* mx = mt + xi * mstride;
+          for (int64_t c0 = 0; c0 < C; c0 += kMR) {
+            const int mr = static_cast<int>(std::min<int64_t>(kMR, C - c0));
+            for (int i = 0; i < mr; ++i) r.off[i] = (c0 + i) * gt;
+            ukernel_dw_for(mr, nv)(1, &vx, &mx, r, pu + (xi * C + c0) * ocpad + oc0, ocpad, !first);
+          }
+        }
+        first = false;
+      }
+    }
+  });
+  // fold the chunks in order, then dw = G^T dU G per (oc, c), L output channels at a time
+  // (lanes = oc: the partial rows are read contiguously)
+  const int64_t nvo = (OC + L - 1) / L;
+  parallel_for(nvo, 1, [&](int64_t v0, int64_t v1) {
+    for (int64_t vo = v0; vo < v1; ++vo) {
+      const int64_t oc0 = vo * L, nl = std::min<int64_t>(L, OC - oc0);
+      const typename S::M lanes = S::mask(low_bits(nl));
+      if (db) {
+        V bsum = S::zero();
+        for (int64_t ch = 0; ch < nchunks; ++ch)
+          bsum = S::add(bsum, S::load(partial + ch * pstride + kWinoXi * C * ocpad + oc0));
+        S::storem(db + oc0, lanes, bsum);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        V u[16];
+        for (int xi = 0; xi < 16; ++xi) {
+          u[xi] = S::zero();
+          for (int64_t ch = 0; ch < nchunks; ++ch)
+            u[xi] = S::add(u[xi], S::load(partial + ch * pstride + (xi * C + c) * ocpad + oc0));
+        }
+        const V h = S::set1(0.5f);
+        V t[3][4];  // G^T dU
+        for (int s2 = 0; s2 < 4; ++s2) {
+          t[0][s2] = S::fma(h, S::add(u[4 + s2], u[8 + s2]), u[s2]);
+          t[1][s2] = S::mul(h, S::sub(u[4 + s2], u[8 + s2]));
+          t[2][s2] = S::fma(h, S::add(u[4 + s2], u[8 + s2]), u[12 + s2]);
+        }
+        alignas(64) float g[9][L];
+        for (int k = 0; k < 3; ++k) {  // (G^T dU) G
+          S::store(g[k * 3 + 0], S::fma(h, S::add(t[k][1], t[k][2]), t[k][0]));
+          S::store(g[k * 3 + 1], S::mul(h, S::sub(t[k][1], t[k][2])));
+          S::store(g[k * 3 + 2], S::fma(h, S::add(t[k][1], t[k][2]), t[k][3]));
+        }
+        for (int64_t l = 0; l < nl; ++l)
+          for (int k = 0; k < 9; ++k) dw[((oc0 + l) * C + c) * 9 + k] = g[k][l];
+      }
+    }
+  });
+}
+
 inline void backward_input_winograd(float* dx, const float* dy, const float* w,
                                     const Conv2dParams& p) {
-  std::vector<float> wt(static_cast<size_t>(p.OC * p.C * 9));
-  transpose_flip_weights(wt.data(), w, p);
-  forward_winograd(dx, dy, wt.data(), nullptr, transposed_params(p), false);
+  float* wt = scratch(6, p.OC * p.C * 9);  // forward_winograd does not use slot 6
+  transpose_flip_weights(wt, w, p);
+  forward_winograd(dx, dy, wt, nullptr, transposed_params(p), false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1220,6 +1437,7 @@ void conv2d_backward_weight_f32(float* dw, float* db, const float* dy, const flo
   switch (algo) {
     case ConvAlgo::direct: return backward_weight_direct(dw, db, dy, x, p);
     case ConvAlgo::depthwise: return backward_weight_depthwise(dw, db, dy, x, p);
+    case ConvAlgo::winograd: return backward_weight_winograd(dw, db, dy, x, p);
     default: throw std::logic_error("conv2d_backward_weight_f32: algorithm not available");
   }
 }
