@@ -2,15 +2,21 @@
 //
 //   y  = x < 0 ? 0 : x        (NaN propagates, as in PyTorch)
 //   dx = y > 0 ? dy : 0
+#include <type_traits>
+
 #include "common/parallel.h"
+#include "cpu/layers_fast_api.h"
 #include "kernels.h"
 
 namespace dk::cpu {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// float32 on AVX2/AVX-512 CPUs: the vector kernels of layers_fast.h (same results, bit for bit).
 template <class T>
 void relu_forward(T* y, const T* x, int64_t n) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers()) return DK_FAST(relu_forward_f32)(y, x, n);
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     const T* __restrict xi = x;
     T* __restrict yi = y;
@@ -21,6 +27,8 @@ void relu_forward(T* y, const T* x, int64_t n) {
 
 template <class T>
 void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers()) return DK_FAST(relu_backward_f32)(dx, dy, y, n);
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     const T* __restrict dyi = dy;
     const T* __restrict yi = y;

@@ -21,7 +21,10 @@
 // second read rarely reaches DRAM. Parallel over channels, serial within one: deterministic.
 #include <cmath>
 
+#include <type_traits>
+
 #include "common/parallel.h"
+#include "cpu/layers_fast_api.h"
 #include "kernels.h"
 
 namespace dk::cpu {
@@ -29,9 +32,12 @@ namespace dk::cpu {
 namespace {
 
 // Shifted sums of one channel: s1 = sum(x - K), s2 = sum((x - K)^2), in double.
+// (float32 on AVX2/AVX-512: the same loops compiled for that ISA, in layers_fast.h)
 template <class T>
 void channel_sums(const T* x, int64_t c, const BatchNormParams& p, double K, double& s1,
                   double& s2) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers()) return DK_FAST(batch_norm_stats_f32)(x, c, p, K, s1, s2);
   double a = 0, b = 0;
   for (int64_t n = 0; n < p.N; ++n) {
     const T* xc = x + (n * p.C + c) * p.HW;
@@ -51,6 +57,8 @@ void channel_sums(const T* x, int64_t c, const BatchNormParams& p, double K, dou
 template <class T>
 void channel_affine(T* y, const T* x, int64_t c, const BatchNormParams& p, T mean, T scale,
                     T shift) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers()) return DK_FAST(batch_norm_affine_f32)(y, x, c, p, mean, scale, shift);
   for (int64_t n = 0; n < p.N; ++n) {
     const int64_t off = (n * p.C + c) * p.HW;
     const T* xc = x + off;
@@ -118,7 +126,14 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
       const double mean = save_mean[c], invstd = save_invstd[c];
       const T tmean = save_mean[c];
       double sdy = 0, sdyx = 0;  // sum(dy), sum(dy * (x - mean))
-      for (int64_t n = 0; n < p.N; ++n) {
+      bool fast = false;
+      if constexpr (std::is_same_v<T, float>) {
+        if (has_fast_layers()) {
+          DK_FAST(batch_norm_grad_sums_f32)(dy, x, c, p, mean, sdy, sdyx);
+          fast = true;
+        }
+      }
+      for (int64_t n = 0; n < p.N && !fast; ++n) {
         const int64_t off = (n * p.C + c) * p.HW;
         const T* xc = x + off;
         const T* dyc = dy + off;
@@ -139,6 +154,11 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
       const double kx = training ? -k * invstd * invstd * sdyx / M : 0.0;
       const double k0 = training ? -k * sdy / M : 0.0;
       const T tk = static_cast<T>(k), tkx = static_cast<T>(kx), tk0 = static_cast<T>(k0);
+      if (fast) {
+        if constexpr (std::is_same_v<T, float>)
+          DK_FAST(batch_norm_grad_apply_f32)(dx, dy, x, c, p, tmean, tk, tkx, tk0);
+        continue;
+      }
       for (int64_t n = 0; n < p.N; ++n) {
         const int64_t off = (n * p.C + c) * p.HW;
         const T* xc = x + off;

@@ -103,6 +103,9 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
     a += MR;
     b += NV * L;
   }
+  // masked loads/stores only for a partial last vector: on Zen 5 masked stores followed by
+  // loads to nearby addresses run far slower than plain ones (measured 3x on max pooling)
+  const bool full = e.tail_bits == 0xFFFFFFFFu || (e.tail_bits & low_bits(L)) == low_bits(L);
   const typename S::M tail = S::mask(e.tail_bits);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
@@ -110,7 +113,7 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
     const V bias = e.bias ? S::set1(e.bias[i]) : S::zero();
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) {
-      const bool last = j == NV - 1;
+      const bool last = j == NV - 1 && !full;
       V v = acc[i][j];
       if (e.accumulate)
         v = S::add(v, last ? S::loadm(ci + j * L, tail) : S::load(ci + j * L));

@@ -10,7 +10,10 @@
 
 #include "common/parallel.h"
 #include "common/philox.h"
+#include "cpu/layers_fast_api.h"
 #include "kernels.h"
+
+#include <type_traits>
 
 namespace dk::cpu {
 
@@ -38,8 +41,12 @@ inline void apply_mask(T* __restrict y, const T* __restrict x, const uint8_t* __
 
 }  // namespace
 
+// The vector generator of layers_fast.h (AVX2/AVX-512) gives the same bits as mask_range;
+// it handles every p < 1 (the threshold then fits in 32 bits).
 void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed) {
   const uint64_t thresh = dropout_threshold(p);
+  if (has_fast_layers() && thresh < (uint64_t(1) << 32))
+    return DK_FAST(dropout_mask_f32)(mask, n, static_cast<uint32_t>(thresh), seed);
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) { mask_range(mask, b, e, thresh, seed); });
 }
 
@@ -48,6 +55,9 @@ void dropout_forward(T* y, uint8_t* mask, const T* x, int64_t n, double p, uint6
   const uint64_t thresh = dropout_threshold(p);
   const bool drop_all = p >= 1.0;
   const T scale = drop_all ? T(0) : static_cast<T>(1.0 / (1.0 - p));
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && !drop_all)
+      return DK_FAST(dropout_forward_f32)(y, mask, x, n, static_cast<uint32_t>(thresh), seed, scale);
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     mask_range(mask, b, e, thresh, seed);
     if (drop_all)
@@ -61,6 +71,8 @@ template <class T>
 void dropout_backward(T* dx, const T* dy, const uint8_t* mask, int64_t n, double p) {
   const bool drop_all = p >= 1.0;
   const T scale = drop_all ? T(0) : static_cast<T>(1.0 / (1.0 - p));
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && !drop_all) return DK_FAST(dropout_backward_f32)(dx, dy, mask, n, scale);
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     if (drop_all)
       std::fill(dx + b, dx + e, T(0));

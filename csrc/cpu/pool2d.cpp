@@ -17,13 +17,20 @@
 #include <limits>
 
 #include "common/check.h"
+#include <type_traits>
+
 #include "common/parallel.h"
+#include "cpu/layers_fast_api.h"
 #include "kernels.h"
 
 namespace dk::cpu {
 
+// float32 on AVX2/AVX-512 CPUs: the vector kernels of layers_fast.h for the shapes they take
+// (max: 2x2 windows at stride 2; avg: stride 1), with the same results as the loops below.
 template <class T>
 void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && DK_FAST(max_pool2d_forward_f32)(y, idx, x, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -99,6 +106,8 @@ inline AvgWindow avg_window(const Pool2dParams& p, int64_t oh, int64_t ow) {
 
 template <class T>
 void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && DK_FAST(avg_pool2d_forward_f32)(y, x, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -119,6 +128,8 @@ void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
 
 template <class T>
 void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && DK_FAST(avg_pool2d_backward_f32)(dx, dy, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {

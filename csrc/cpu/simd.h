@@ -16,8 +16,14 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace dk::cpu::DK_ISA_NS {
+
+// Low n bits set (n clamped to [0, 32]).
+inline uint32_t low_bits(int64_t n) {
+  return n >= 32 ? 0xFFFFFFFFu : n <= 0 ? 0u : (uint32_t(1) << n) - 1u;
+}
 
 #if defined(__AVX512F__)
 struct Simd {
@@ -37,8 +43,78 @@ struct Simd {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  // m ? v : 0, and y > 0 ? v : 0 (ordered: NaN in y gives 0)
+  static V select(M m, V v) { return _mm512_maskz_mov_ps(m, v); }
+  static V select_gt0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_GT_OQ), v); }
+  // lanes where v > best or v is NaN (the max-pool "take" rule)
+  static M gt_or_nan(V v, V best) {
+    return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // m ? b : a
+
+  // ---- 32-bit integer lanes (the Philox generator, index arithmetic)
+  using I = __m512i;
+  static I set1_i32(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+  static I iota_i32() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  static I add_i32(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I xor_i32(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I lt_u32_one(I a, I b) { return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(a, b), 1); }
+  static I mul_epu32(I a, I b) { return _mm512_mul_epu32(a, b); }  // even lanes, 64-bit products
+  static I srli64(I a, int n) { return _mm512_srli_epi64(a, static_cast<unsigned>(n)); }
+  static I slli64(I a, int n) { return _mm512_slli_epi64(a, static_cast<unsigned>(n)); }
+  static I blend_odd(I a, I b) { return _mm512_mask_blend_epi32(0xAAAA, a, b); }  // odd lanes from b
+  static M ge_u32(I a, I b) { return _mm512_cmpge_epu32_mask(a, b); }
+  static I blend_i(M m, I a, I b) { return _mm512_mask_blend_epi32(m, a, b); }
+  // c_w[j] = word w of counter j  ->  w[q] = the 4L words in element order (4j + word)
+  static void transpose4_words(I c0, I c1, I c2, I c3, I w[4]) {
+    const I a0 = _mm512_unpacklo_epi32(c0, c1), a1 = _mm512_unpackhi_epi32(c0, c1);
+    const I a2 = _mm512_unpacklo_epi32(c2, c3), a3 = _mm512_unpackhi_epi32(c2, c3);
+    // 128-bit lane l of t_k = the 4 words of counter 4l + k
+    const I t0 = _mm512_unpacklo_epi64(a0, a2), t1 = _mm512_unpackhi_epi64(a0, a2);
+    const I t2 = _mm512_unpacklo_epi64(a1, a3), t3 = _mm512_unpackhi_epi64(a1, a3);
+    const I u0 = _mm512_shuffle_i32x4(t0, t1, 0x44), u1 = _mm512_shuffle_i32x4(t0, t1, 0xEE);
+    const I u2 = _mm512_shuffle_i32x4(t2, t3, 0x44), u3 = _mm512_shuffle_i32x4(t2, t3, 0xEE);
+    w[0] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+    w[1] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
+    w[2] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+    w[3] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
+  }
+  // bytes 0/1 of 4 element masks (4L elements), the first `count` of them
+  static void store_mask_bytes(uint8_t* dst, const M m[4], int64_t count) {
+    const uint64_t bits = uint64_t(m[0]) | uint64_t(m[1]) << 16 | uint64_t(m[2]) << 32 | uint64_t(m[3]) << 48;
+    const __m512i bytes = _mm512_maskz_set1_epi8(_cvtu64_mask64(bits), 1);
+    const uint64_t keep = count >= 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
+    _mm512_mask_storeu_epi8(dst, _cvtu64_mask64(keep), bytes);
+  }
+  // lanes whose byte in p[0..count) is nonzero
+  static M mask_from_bytes(const uint8_t* p) {  // L bytes
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm_test_epi8_mask(b, b);
+  }
+  static M mask_from_bytes(const uint8_t* p, int64_t count) {
+    const __m128i b = _mm_maskz_loadu_epi8(static_cast<__mmask16>(low_bits(count)), p);
+    return _mm_test_epi8_mask(b, b);
+  }
+  // store L int32 lanes as int64, the first `count`
+  static void store_i64(int64_t* p, I v, int64_t count) {
+    const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+    if (count >= 16) {  // plain stores when full: masked stores are slower to retire
+      _mm512_storeu_si512(p, lo);
+      _mm512_storeu_si512(p + 8, hi);
+      return;
+    }
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(low_bits(count)), lo);
+    _mm512_mask_storeu_epi64(p + 8, static_cast<__mmask8>(low_bits(count - 8)), hi);
+  }
+
+  // lanes [r, r + L) of the concatenation lo:hi (0 <= r < L), one two-source permute
+  static V shift2(V lo, V hi, int r) {
+    return _mm512_permutex2var_ps(lo, _mm512_add_epi32(iota_i32(), _mm512_set1_epi32(r)), hi);
+  }
   // (lo, hi) = 2L consecutive floats -> their even and odd elements
   static void deinterleave(V lo, V hi, V& even, V& odd) {
     const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -99,12 +175,79 @@ struct Simd {
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static float hsum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  static V select(M m, V v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
+  static V select_gt0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_GT_OQ), v); }
+  static M gt_or_nan(V v, V best) {
+    return _mm256_castps_si256(_mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  }
+  static V blend(M m, V a, V b) { return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(m)); }
+
+  using I = __m256i;
+  static I set1_i32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+  static I iota_i32() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  static I add_i32(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I xor_i32(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I lt_u32_one(I a, I b) {  // unsigned a < b: flip the sign bits, compare signed
+    const I s = _mm256_set1_epi32(INT32_MIN);
+    return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(1));
+  }
+  static I mul_epu32(I a, I b) { return _mm256_mul_epu32(a, b); }
+  static I srli64(I a, int n) { return _mm256_srli_epi64(a, n); }
+  static I slli64(I a, int n) { return _mm256_slli_epi64(a, n); }
+  static I blend_odd(I a, I b) { return _mm256_blend_epi32(a, b, 0xAA); }
+  static M ge_u32(I a, I b) {  // !(b > a), unsigned
+    const I s = _mm256_set1_epi32(INT32_MIN);
+    return _mm256_xor_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(-1));
+  }
+  static I blend_i(M m, I a, I b) { return _mm256_blendv_epi8(a, b, m); }
+  static void transpose4_words(I c0, I c1, I c2, I c3, I w[4]) {
+    const I a0 = _mm256_unpacklo_epi32(c0, c1), a1 = _mm256_unpackhi_epi32(c0, c1);
+    const I a2 = _mm256_unpacklo_epi32(c2, c3), a3 = _mm256_unpackhi_epi32(c2, c3);
+    const I t0 = _mm256_unpacklo_epi64(a0, a2), t1 = _mm256_unpackhi_epi64(a0, a2);
+    const I t2 = _mm256_unpacklo_epi64(a1, a3), t3 = _mm256_unpackhi_epi64(a1, a3);
+    w[0] = _mm256_permute2x128_si256(t0, t1, 0x20);
+    w[1] = _mm256_permute2x128_si256(t2, t3, 0x20);
+    w[2] = _mm256_permute2x128_si256(t0, t1, 0x31);
+    w[3] = _mm256_permute2x128_si256(t2, t3, 0x31);
+  }
+  static void store_mask_bytes(uint8_t* dst, const M m[4], int64_t count) {
+    const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(m[0], m[1]), _mm256_packs_epi32(m[2], m[3]));
+    const __m256i bytes = _mm256_and_si256(
+        _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)), _mm256_set1_epi8(1));
+    if (count >= 32) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bytes);
+    } else {
+      alignas(32) uint8_t tmp[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), bytes);
+      std::memcpy(dst, tmp, static_cast<size_t>(count));
+    }
+  }
+  static M mask_from_bytes(const uint8_t* p) { return mask_from_bytes(p, 8); }
+  static M mask_from_bytes(const uint8_t* p, int64_t count) {
+    int64_t v = 0;
+    std::memcpy(&v, p, static_cast<size_t>(count >= 8 ? 8 : count));
+    const __m256i w = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+    return _mm256_xor_si256(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+  }
+  static void store_i64(int64_t* p, I v, int64_t count) {
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+    for (int64_t i = 0; i < count && i < 8; ++i) p[i] = t[i];
+  }
+
+  static V shift2(V lo, V hi, int r) {  // lanes [r, r + 8) of lo:hi
+    const __m256i t = _mm256_add_epi32(iota_i32(), _mm256_set1_epi32(r));
+    const __m256i idx = _mm256_and_si256(t, _mm256_set1_epi32(7));
+    const __m256 from_hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(t, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), from_hi);
   }
   static void deinterleave(V lo, V hi, V& even, V& odd) {
     const __m256 e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));  // per 128-bit lane
@@ -142,10 +285,5 @@ struct Simd {
 #else
 #error "simd.h needs -mavx512f or -mavx2 -mfma"
 #endif
-
-// Low n bits set (n in [0, 32]).
-inline uint32_t low_bits(int64_t n) {
-  return n >= 32 ? 0xFFFFFFFFu : n <= 0 ? 0u : (uint32_t(1) << n) - 1u;
-}
 
 }  // namespace dk::cpu::DK_ISA_NS

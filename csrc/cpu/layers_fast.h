@@ -1,0 +1,542 @@
+// layers_fast.h: the memory-bound layer kernels (ReLU, dropout, pooling, batch norm) for one
+// SIMD level, float32.
+//
+// Included by layers_avx512.cpp and layers_avx2.cpp after simd.h, inside namespace DK_ISA_NS
+// (each copy compiled with its own -m flags). activation.cpp, dropout.cpp, pool2d.cpp and
+// batch_norm.cpp call the entry points at the bottom for float32 when the CPU has AVX2;
+// their own portable loops remain the reference-like path (float64, older CPUs) and the
+// semantics these kernels reproduce (NaN handling, tie rules, index order, the dropout mask
+// bit for bit).
+//
+// These ops read and write each element once (batch norm: a second read that hits L2), so
+// their speed is memory bandwidth: the kernels are single passes with full-vector loads and
+// stores, no branches per element, and one contiguous range (or whole planes) per thread.
+#ifndef DK_ISA_NS
+#error "define DK_ISA_NS before including layers_fast.h"
+#endif
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/check.h"
+#include "common/parallel.h"
+#include "common/params.h"
+#include "common/philox.h"
+#include "cpu/layers_fast_api.h"
+#include "cpu/simd.h"
+
+namespace dk::cpu::DK_ISA_NS {
+
+using S = Simd;
+using V = S::V;
+constexpr int L = S::L;
+
+// Element-wise ops: each thread takes one contiguous range (split points do not change any
+// element's value), at least this many elements per thread.
+constexpr int64_t kMinPerThread = 1 << 15;
+
+// ---------------------------------------------------------------------------------------------
+// ReLU. y = x < 0 ? 0 : x keeps NaN: max_ps(a, b) returns b when either is NaN, so max(0, x)
+// passes a NaN x through (and keeps -0.0, as x < 0 is false for it).
+void relu_forward_f32(float* y_, const float* x_, int64_t n) {
+  parallel_range(n, kMinPerThread, [&](int64_t b, int64_t e) {
+    // local restrict copies: the lambda captures by reference, and without them the compiler
+    // reloads the pointers after every store (measured: 4x slower)
+    float* __restrict y = y_;
+    const float* __restrict x = x_;
+    const V zero = S::zero();
+    int64_t i = b;
+    for (; i + 4 * L <= e; i += 4 * L)
+      for (int u = 0; u < 4; ++u) S::store(y + i + u * L, S::max(zero, S::load(x + i + u * L)));
+    for (; i < e; i += L) {
+      const S::M m = S::mask(low_bits(e - i));
+      S::storem(y + i, m, S::max(zero, S::loadm(x + i, m)));
+    }
+  });
+}
+
+// dx = y > 0 ? dy : 0 (an ordered compare: NaN in y gives 0).
+void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n) {
+  parallel_range(n, kMinPerThread, [&](int64_t b, int64_t e) {
+    float* __restrict dx = dx_;
+    const float* __restrict dy = dy_;
+    const float* __restrict y = y_;
+    int64_t i = b;
+    for (; i + 2 * L <= e; i += 2 * L)
+      for (int u = 0; u < 2; ++u)
+        S::store(dx + i + u * L, S::select_gt0(S::load(y + i + u * L), S::load(dy + i + u * L)));
+    for (; i < e; i += L) {
+      const S::M m = S::mask(low_bits(e - i));
+      S::storem(dx + i, m, S::select_gt0(S::loadm(y + i, m), S::loadm(dy + i, m)));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout. The mask bit of element i is philox4x32_10(i / 4, seed)[i % 4] >= threshold (see
+// common/philox.h): the generator runs on L counters at once, one per lane, and the 4 words
+// of each counter are transposed into element order. Bit-identical to the scalar generator.
+//
+// Philox round: (c0, c1, c2, c3) <- (hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1,
+// lo(M0*c0)), keys bumped by the Weyl constants. The 32x32 -> 64-bit products come from
+// mul_epu32, which multiplies the even 32-bit lanes: one call for the even lanes, one for
+// the odd lanes shifted down, and the halves are blended back.
+static inline void mul_hilo(S::I a, S::I m, S::I& hi, S::I& lo) {
+  const S::I even = S::mul_epu32(a, m), odd = S::mul_epu32(S::srli64(a, 32), m);
+  hi = S::blend_odd(S::srli64(even, 32), odd);  // odd lanes: the high half is in place
+  lo = S::blend_odd(even, S::slli64(odd, 32));
+}
+
+// Draws of the U*4L elements [4*ctr0, 4*ctr0 + U*4L) in element order: w[u][q] = elements
+// (u*4 + q)*L ... Each round is a chain of dependent multiplies, blends and xors; U
+// independent blocks interleaved keep the vector units busy during that latency.
+template <int U>
+static inline void philox_blocks(uint64_t ctr0, uint64_t seed, S::I w[U][4]) {
+  const S::I M0 = S::set1_i32(0xD2511F53u), M1 = S::set1_i32(0xCD9E8D57u);
+  S::I c0[U], c1[U], c2[U], c3[U];
+  for (int u = 0; u < U; ++u) {
+    const uint64_t base = ctr0 + uint64_t(u) * L;
+    // counters base + j: low and high words (the low word may wrap within the vector)
+    const S::I lo32 = S::add_i32(S::set1_i32(static_cast<uint32_t>(base)), S::iota_i32());
+    const S::I carry = S::lt_u32_one(lo32, S::set1_i32(static_cast<uint32_t>(base)));
+    c0[u] = lo32;
+    c1[u] = S::add_i32(S::set1_i32(static_cast<uint32_t>(base >> 32)), carry);
+    c2[u] = S::set1_i32(0);
+    c3[u] = S::set1_i32(0);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    const S::I K0 = S::set1_i32(k0), K1 = S::set1_i32(k1);
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      S::I hi0, lo0, hi1, lo1;
+      mul_hilo(c0[u], M0, hi0, lo0);
+      mul_hilo(c2[u], M1, hi1, lo1);
+      c0[u] = S::xor_i32(S::xor_i32(hi1, c1[u]), K0);
+      c2[u] = S::xor_i32(S::xor_i32(hi0, c3[u]), K1);
+      c1[u] = lo1;
+      c3[u] = lo0;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int u = 0; u < U; ++u) S::transpose4_words(c0[u], c1[u], c2[u], c3[u], w[u]);
+}
+
+// Elements [b, e) (b a multiple of 4): mask bytes (1 = keep), and when y is not null,
+// y = x * (keep ? scale : 0) (a NaN or infinite x stays NaN when dropped, as x * 0 * scale).
+static void dropout_range(float* __restrict y, uint8_t* __restrict mask, const float* __restrict x,
+                          int64_t b, int64_t e, uint32_t thresh, uint64_t seed, float scale) {
+  constexpr int U = L == 16 ? 4 : 2;  // blocks of 4L per generator call (state fits the registers)
+  const V vscale = S::set1(scale);
+  const S::I th = S::set1_i32(thresh);
+  for (int64_t i0 = b; i0 < e; i0 += U * 4 * L) {
+    S::I w[U][4];
+    philox_blocks<U>(static_cast<uint64_t>(i0) >> 2, seed, w);
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + u * 4 * L, left = e - i;
+      if (left <= 0) break;
+      S::M keep[4];
+      for (int q = 0; q < 4; ++q) keep[q] = S::ge_u32(w[u][q], th);
+      S::store_mask_bytes(mask + i, keep, left);
+      if (!y) continue;
+      if (left >= 4 * L) {
+        for (int q = 0; q < 4; ++q)
+          S::store(y + i + q * L, S::mul(S::load(x + i + q * L), S::select(keep[q], vscale)));
+        continue;
+      }
+      for (int q = 0; q < 4 && q * L < left; ++q) {
+        const S::M m = S::mask(low_bits(left - q * L));
+        S::storem(y + i + q * L, m, S::mul(S::loadm(x + i + q * L, m), S::select(keep[q], vscale)));
+      }
+    }
+  }
+}
+
+// Chunks of a multiple of 4 elements per thread: the Philox counter i/4 never straddles two.
+template <class F>
+static void split_by_counters(int64_t n, const F& f) {
+  const int64_t nc = (n + 3) / 4;
+  parallel_range(nc, kMinPerThread / 4, [&](int64_t c0, int64_t c1) { f(c0 * 4, std::min(n, c1 * 4)); });
+}
+
+void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed) {
+  split_by_counters(n, [&](int64_t b, int64_t e) { dropout_range(nullptr, mask, nullptr, b, e, thresh, seed, 0.f); });
+}
+
+void dropout_forward_f32(float* y, uint8_t* mask, const float* x, int64_t n, uint32_t thresh,
+                         uint64_t seed, float scale) {
+  split_by_counters(n, [&](int64_t b, int64_t e) { dropout_range(y, mask, x, b, e, thresh, seed, scale); });
+}
+
+// dx = dy * (mask ? scale : 0)
+void dropout_backward_f32(float* dx_, const float* dy_, const uint8_t* mask_, int64_t n, float scale) {
+  parallel_range(n, kMinPerThread, [&](int64_t b, int64_t e) {
+    float* __restrict dx = dx_;  // local restrict copies (see relu_forward_f32)
+    const float* __restrict dy = dy_;
+    const uint8_t* __restrict mask = mask_;
+    const V vscale = S::set1(scale);
+    int64_t i = b;
+    for (; i + L <= e; i += L)  // plain loads and stores (see box_stencil)
+      S::store(dx + i, S::mul(S::load(dy + i), S::select(S::mask_from_bytes(mask + i), vscale)));
+    for (; i < e; i += L) {
+      const S::M m = S::mask(low_bits(e - i));
+      const S::M keep = S::mask_from_bytes(mask + i, e - i);
+      S::storem(dx + i, m, S::mul(S::loadm(dy + i, m), S::select(keep, vscale)));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Max pooling, 2x2 windows at stride 2 without padding or dilation (the common case), one
+// plane at a time. Row pair (2oh, 2oh+1) gives L outputs per step: two loads per row,
+// deinterleaved into the window's four taps a b / c d, and the running maximum is a blend
+// under "v > best or v is NaN", in the reference's tap order (a, b, c, d): ties keep the
+// first tap, a NaN wins and the last NaN's index is kept. No branch per element.
+// Outputs whose window runs past the input (ceil_mode) are left to the generic code.
+bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Pool2dParams& p) {
+  if (p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
+      p.dw != 1 || p.H * p.W >= (int64_t(1) << 31))
+    return false;
+  // sizes as locals: the int64 index stores could alias the fields of p (the compiler would
+  // reload them after every store)
+  const int64_t W = p.W, OW = p.OW, HW = p.H * p.W, OHW = p.OH * p.OW;
+  const int64_t OHf = std::min(p.OH, p.H / 2), OWf = std::min(p.OW, p.W / 2);  // full windows
+  parallel_for(p.N * p.C, 1, [&, W, OW, HW, OHW, OHf, OWf](int64_t q0, int64_t q1) {
+    const S::I lane2 = S::add_i32(S::iota_i32(), S::iota_i32());  // 2 * lane
+    const S::I one = S::set1_i32(1), w0 = S::set1_i32(static_cast<uint32_t>(W));
+    const S::I w1 = S::set1_i32(static_cast<uint32_t>(W + 1));
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* __restrict xp = x_ + q * HW;
+      float* __restrict yp = y_ + q * OHW;
+      int64_t* __restrict ip = idx_ + q * OHW;
+      for (int64_t oh = 0; oh < OHf; ++oh) {
+        const float* r0 = xp + 2 * oh * W;
+        const float* r1 = r0 + W;
+        for (int64_t ow = 0; ow < OWf; ow += L) {
+          const int64_t n = std::min<int64_t>(L, OWf - ow);
+          V a, b, c, d;
+          if (n == L) {  // plain loads and stores where possible (see below)
+            S::deinterleave(S::load(r0 + 2 * ow), S::load(r0 + 2 * ow + L), a, b);
+            S::deinterleave(S::load(r1 + 2 * ow), S::load(r1 + 2 * ow + L), c, d);
+          } else {
+            const S::M m0 = S::mask(low_bits(2 * n)), m1 = S::mask(low_bits(2 * n - L));
+            S::deinterleave(S::loadm(r0 + 2 * ow, m0), S::loadm(r0 + 2 * ow + L, m1), a, b);
+            S::deinterleave(S::loadm(r1 + 2 * ow, m0), S::loadm(r1 + 2 * ow + L, m1), c, d);
+          }
+          const S::I base = S::add_i32(S::set1_i32(static_cast<uint32_t>(2 * oh * W + 2 * ow)), lane2);
+          V best = a;
+          S::I bi = base;
+          S::M t = S::gt_or_nan(b, best);
+          best = S::blend(t, best, b);
+          bi = S::blend_i(t, bi, S::add_i32(base, one));
+          t = S::gt_or_nan(c, best);
+          best = S::blend(t, best, c);
+          bi = S::blend_i(t, bi, S::add_i32(base, w0));
+          t = S::gt_or_nan(d, best);
+          best = S::blend(t, best, d);
+          bi = S::blend_i(t, bi, S::add_i32(base, w1));
+          if (n == L) {
+            S::store(yp + oh * OW + ow, best);
+          } else {
+            S::storem(yp + oh * OW + ow, S::mask(low_bits(n)), best);
+          }
+          S::store_i64(ip + oh * OW + ow, bi, n);
+        }
+      }
+    }
+  });
+  return OHf == p.OH && OWf == p.OW;  // else the caller redoes every output generically
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average pooling, stride 1, as two separable box sums: hs[ih][ow] = the sum of row ih over
+// output column ow's window, then y[oh][ow] = (sum of hs over the window's rows) / divisor,
+// and the divisor is separable too: (rows counted) x (columns counted). One read of x, one
+// write of y per plane; the row sums of a plane stay in L1/L2. The backward pass is the
+// same with the ranges inverted (which outputs' windows contain input i).
+//
+// Window of output o along an axis (stride 1): [o - pad, o - pad + k), clipped to the padded
+// input [-pad, n + pad) for the divisor when count_include_pad, to [0, n) for the sum.
+struct AxisWindows {
+  std::vector<int64_t> lo, hi;  // taps inside the input: [lo, hi)
+  std::vector<float> count;     // the divisor factor
+  std::vector<int64_t> rlo, rhi;  // inverse: the outputs whose window holds input i
+};
+
+static AxisWindows axis_windows(int64_t n, int64_t out, int64_t k, int64_t pad, bool include_pad) {
+  AxisWindows a;
+  a.lo.resize(out);
+  a.hi.resize(out);
+  a.count.resize(out);
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t st = o - pad, en = std::min(st + k, n + pad);
+    a.lo[o] = std::clamp<int64_t>(st, 0, n);
+    a.hi[o] = std::clamp<int64_t>(en, a.lo[o], n);
+    a.count[o] = static_cast<float>(include_pad ? en - st : a.hi[o] - a.lo[o]);
+  }
+  // lo and hi are non-decreasing in o, so the outputs holding input i are a contiguous range
+  a.rlo.assign(n, out);
+  a.rhi.assign(n, 0);
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = a.lo[o]; i < a.hi[o]; ++i) {
+      a.rlo[i] = std::min(a.rlo[i], o);
+      a.rhi[i] = o + 1;
+    }
+  for (int64_t i = 0; i < n; ++i) a.rhi[i] = std::max(a.rhi[i], a.rlo[i]);
+  return a;
+}
+
+// How each output of the stencil is scaled: not at all (backward), by one constant (every
+// window counts the same taps: the usual case), or divided by its own divisor.
+struct StencilScale {
+  enum Kind { none, constant, per_output } kind = none;
+  float c = 1.f;                // constant: 1 / the divisor (within one rounding of dividing)
+  const float* rows = nullptr;  // per_output: divisor = rows[r] * cols[c] (0: the output is 0)
+  const float* cols = nullptr;  // (whole vectors)
+};
+
+static StencilScale stencil_scale(const AxisWindows& ah, const AxisWindows& aw,
+                                  std::vector<float>& cols) {
+  StencilScale sc;
+  const float d0 = ah.count.empty() || aw.count.empty() ? 0.f : ah.count[0] * aw.count[0];
+  bool uniform = d0 > 0;
+  for (float a : ah.count) uniform = uniform && a * aw.count[0] == d0;
+  for (float b : aw.count) uniform = uniform && ah.count[0] * b == d0;
+  if (uniform) {
+    sc.kind = StencilScale::constant;
+    sc.c = 1.f / d0;
+    return sc;
+  }
+  cols.assign((aw.count.size() + L - 1) / L * L, 0.f);
+  std::copy(aw.count.begin(), aw.count.end(), cols.begin());
+  sc.kind = StencilScale::per_output;
+  sc.rows = ah.count.data();
+  sc.cols = cols.data();
+  return sc;
+}
+
+// The box stencil both passes share: out[r][c] = sum_{i < kh, j < kw} P[r + i][c + j], scaled,
+// for an output plane of rows x cols, where P is a zero-bordered copy of the plane being summed
+// (row pitch pp). Every load is a plain vector load from P: the masked loads a stencil on the
+// plane itself would need at the row edges run far slower on Zen 5 when an output store
+// before them falls at the same offset modulo 4 KB (which NumPy's page-aligned planes do).
+// KH, KW: the window known at compile time (3x3 and 2x2: fully unrolled), or 0 (any size).
+template <int KH, int KW>
+static void box_stencil_k(float* __restrict out, int64_t rows, int64_t cols, const float* P,
+                          int64_t pp, int64_t kh_, int64_t kw_, const StencilScale& sc) {
+  const int64_t kh = KH ? KH : kh_, kw = KW ? KW : kw_;
+  const int64_t nv = (cols + L - 1) / L;
+  const V c = S::set1(sc.c);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < nv; ++v) {
+      // per row a short sum, then the rows: shorter add chains than one running sum
+      V acc = S::zero();
+#pragma GCC unroll 8
+      for (int64_t i = 0; i < kh; ++i) {
+        const float* src = P + (r + i) * pp + v * L;
+        V row = S::load(src);
+#pragma GCC unroll 8
+        for (int64_t j = 1; j < kw; ++j) row = S::add(row, S::load(src + j));
+        acc = i ? S::add(acc, row) : row;
+      }
+      if (sc.kind == StencilScale::constant) {
+        acc = S::mul(acc, c);
+      } else if (sc.kind == StencilScale::per_output) {
+        const V d = S::mul(S::set1(sc.rows[r]), S::load(sc.cols + v * L));
+        acc = S::select_gt0(d, S::div(acc, d));  // no tap counted: 0
+      }
+      float* dst = out + r * cols + v * L;
+      if ((v + 1) * L <= cols)
+        S::store(dst, acc);
+      else
+        S::storem(dst, S::mask(low_bits(cols - v * L)), acc);
+    }
+}
+
+static void box_stencil(float* out, int64_t rows, int64_t cols, const float* P, int64_t pp,
+                        int64_t kh, int64_t kw, const StencilScale& sc) {
+  if (kh == 3 && kw == 3) return box_stencil_k<3, 3>(out, rows, cols, P, pp, kh, kw, sc);
+  if (kh == 2 && kw == 2) return box_stencil_k<2, 2>(out, rows, cols, P, pp, kh, kw, sc);
+  box_stencil_k<0, 0>(out, rows, cols, P, pp, kh, kw, sc);
+}
+
+// A zero-bordered plane buffer: P[r][c] = src[r - r0][c - c0] inside, 0 elsewhere. The border
+// is zeroed once; put() rewrites only the interior.
+struct PaddedPlane {
+  std::vector<float> buf;
+  int64_t pitch = 0, r0 = 0, c0 = 0;
+  PaddedPlane(int64_t rows, int64_t cols, int64_t r0_, int64_t c0_)
+      : buf(static_cast<size_t>(rows * ((cols + L - 1) / L * L + L))), pitch((cols + L - 1) / L * L + L),
+        r0(r0_), c0(c0_) {}
+  float* row(int64_t r) { return buf.data() + (r + r0) * pitch + c0; }
+  // row r <- src[0, n): vector copies (a memcpy call per short row costs more than the copy)
+  void put(int64_t r, const float* __restrict src, int64_t n) {
+    float* __restrict d = row(r);
+    int64_t c = 0;
+    for (; c + L <= n; c += L) S::store(d + c, S::load(src + c));
+    if (c < n) {
+      const S::M m = S::mask(low_bits(n - c));
+      S::storem(d + c, m, S::loadm(src + c, m));
+    }
+  }
+};
+
+// Per thread: planes [q0, q1), each staged into a zero-bordered buffer by stage(B, q) and
+// summed by sum(B, q). Two buffers: plane q+1 is staged while plane q is summed, so the
+// stencil never reads (unaligned) data whose stores are still in flight.
+template <class Stage, class Sum>
+static void double_buffered(int64_t q0, int64_t q1, PaddedPlane (&B)[2], const Stage& stage,
+                            const Sum& sum) {
+  if (q0 >= q1) return;
+  stage(B[q0 & 1], q0);
+  for (int64_t q = q0; q < q1; ++q) {
+    if (q + 1 < q1) stage(B[(q + 1) & 1], q + 1);
+    sum(B[q & 1], q);
+  }
+}
+
+bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
+  if (p.sh != 1 || p.sw != 1) return false;
+  const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
+  const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
+  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;
+  std::vector<float> cols;
+  const StencilScale scale = stencil_scale(ah, aw, cols);
+  parallel_for(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
+    // output (oh, ow) sums P rows oh.. oh+kh-1, columns ow.. ow+kw-1: x shifted by the padding
+    PaddedPlane B[2] = {PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw),
+                        PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw)};
+    double_buffered(
+        q0, q1, B,
+        [&](PaddedPlane& P, int64_t q) {
+          for (int64_t ih = 0; ih < p.H; ++ih) P.put(ih, x_ + q * HW + ih * p.W, p.W);
+        },
+        [&](const PaddedPlane& P, int64_t q) {
+          box_stencil(y_ + q * OHW, p.OH, p.OW, P.buf.data(), P.pitch, p.kh, p.kw, scale);
+        });
+  });
+  return true;
+}
+
+// dx[ih][iw] = sum over the outputs whose window holds (ih, iw) of g = dy / divisor. For
+// stride 1 those are oh in [ih + ph - kh + 1, ih + ph] (and likewise ow), so with g placed in
+// a zero-bordered plane at offset (kh - 1 - ph, kw - 1 - pw) it is the same box stencil.
+bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p) {
+  if (p.sh != 1 || p.sw != 1 || p.ph >= p.kh || p.pw >= p.kw) return false;
+  const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
+  const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
+  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
+  std::vector<float> cols;
+  const StencilScale scale = stencil_scale(ah, aw, cols);
+  parallel_for(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
+    PaddedPlane B[2] = {PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw),
+                        PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw)};
+    const V c = S::set1(scale.c);
+    double_buffered(
+        q0, q1, B,
+        [&](PaddedPlane& G, int64_t q) {  // g = dy / divisor (0 where nothing counted)
+          for (int64_t oh = 0; oh < p.OH; ++oh) {
+            const float* d = dy_ + q * OHW + oh * OW;
+            float* g = G.row(oh);
+            for (int64_t v = 0; v < OW; v += L) {
+              const bool full = v + L <= OW;
+              const S::M m = S::mask(low_bits(OW - v));
+              V t = full ? S::load(d + v) : S::loadm(d + v, m);
+              if (scale.kind == StencilScale::constant) {
+                t = S::mul(t, c);
+              } else {
+                const V dv = S::mul(S::set1(scale.rows[oh]), S::load(scale.cols + v));
+                t = S::select_gt0(dv, S::div(t, dv));
+              }
+              if (full)
+                S::store(g + v, t);
+              else
+                S::storem(g + v, m, t);
+            }
+          }
+        },
+        [&](const PaddedPlane& G, int64_t q) {
+          box_stencil(dx_ + q * HW, p.H, p.W, G.buf.data(), G.pitch, p.kh, p.kw, StencilScale{});
+        });
+  });
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch norm over (N, HW) per channel: the same math as batch_norm.cpp (statistics summed in
+// double from values shifted by the channel's first element), in two passes over a channel:
+// the statistics, then the normalization, which finds the channel (N*HW floats: 256 KB for
+// 64 x 32 x 32) still in L2. Threads split the channels; each channel is summed in one fixed
+// order. The next plane of the channel (one sample further on) is prefetched.
+static inline void prefetch_plane(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
+void batch_norm_stats_f32(const float* x, int64_t c, const BatchNormParams& p, double K,
+                          double& s1, double& s2) {
+  double a = 0, b = 0;
+  for (int64_t n = 0; n < p.N; ++n) {
+    const float* xc = x + (n * p.C + c) * p.HW;
+    if (n + 1 < p.N) prefetch_plane(xc + p.C * p.HW, p.HW);
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < p.HW; ++i) {
+      const double d = static_cast<double>(xc[i]) - K;
+      a += d;
+      b += d * d;
+    }
+  }
+  s1 = a;
+  s2 = b;
+}
+
+void batch_norm_affine_f32(float* y, const float* x, int64_t c, const BatchNormParams& p,
+                           float mean, float scale, float shift) {
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t off = (n * p.C + c) * p.HW;
+    const float* __restrict xc = x + off;
+    float* __restrict yc = y + off;
+#pragma omp simd
+    for (int64_t i = 0; i < p.HW; ++i) yc[i] = (xc[i] - mean) * scale + shift;
+  }
+}
+
+// sum(dy) and sum(dy * (x - mean)) of one channel, in double
+void batch_norm_grad_sums_f32(const float* dy, const float* x, int64_t c, const BatchNormParams& p,
+                              double mean, double& sdy, double& sdyx) {
+  double a = 0, b = 0;
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t off = (n * p.C + c) * p.HW;
+    const float* xc = x + off;
+    const float* dyc = dy + off;
+    if (n + 1 < p.N) {
+      prefetch_plane(xc + p.C * p.HW, p.HW);
+      prefetch_plane(dyc + p.C * p.HW, p.HW);
+    }
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < p.HW; ++i) {
+      a += dyc[i];
+      b += static_cast<double>(dyc[i]) * (static_cast<double>(xc[i]) - mean);
+    }
+  }
+  sdy = a;
+  sdyx = b;
+}
+
+// dx = k * dy + kx * (x - mean) + k0
+void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, int64_t c,
+                               const BatchNormParams& p, float mean, float k, float kx, float k0) {
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t off = (n * p.C + c) * p.HW;
+    const float* __restrict xc = x + off;
+    const float* __restrict dyc = dy + off;
+    float* __restrict dxc = dx + off;
+#pragma omp simd
+    for (int64_t i = 0; i < p.HW; ++i) dxc[i] = k * dyc[i] + kx * (xc[i] - mean) + k0;
+  }
+}
+
+}  // namespace dk::cpu::DK_ISA_NS

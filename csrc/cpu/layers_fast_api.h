@@ -1,0 +1,57 @@
+// layers_fast_api.h: the entry points of layers_fast.h (float32, one copy per SIMD level) and
+// the run-time choice among them. activation.cpp, dropout.cpp, pool2d.cpp and batch_norm.cpp
+// call these for float32 and keep their portable loops for float64 and CPUs without AVX2.
+#pragma once
+#include <cstdint>
+
+#include "common/cpu_features.h"
+#include "common/params.h"
+
+namespace dk::cpu {
+
+#define DK_LAYERS_FAST_DECL(ns)                                                                  \
+  namespace ns {                                                                                 \
+  void relu_forward_f32(float* y, const float* x, int64_t n);                                    \
+  void relu_backward_f32(float* dx, const float* dy, const float* y, int64_t n);                 \
+  void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed);               \
+  void dropout_forward_f32(float* y, uint8_t* mask, const float* x, int64_t n, uint32_t thresh,  \
+                           uint64_t seed, float scale);                                          \
+  void dropout_backward_f32(float* dx, const float* dy, const uint8_t* mask, int64_t n,          \
+                            float scale);                                                        \
+  /* true: every output written; false: the caller runs its generic code over all outputs */   \
+  bool max_pool2d_forward_f32(float* y, int64_t* idx, const float* x, const Pool2dParams& p);    \
+  bool avg_pool2d_forward_f32(float* y, const float* x, const Pool2dParams& p);                  \
+  bool avg_pool2d_backward_f32(float* dx, const float* dy, const Pool2dParams& p);               \
+  void batch_norm_stats_f32(const float* x, int64_t c, const BatchNormParams& p, double K,       \
+                            double& s1, double& s2);                                             \
+  void batch_norm_affine_f32(float* y, const float* x, int64_t c, const BatchNormParams& p,      \
+                             float mean, float scale, float shift);                              \
+  void batch_norm_grad_sums_f32(const float* dy, const float* x, int64_t c,                      \
+                                const BatchNormParams& p, double mean, double& sdy,              \
+                                double& sdyx);                                                   \
+  void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, int64_t c,          \
+                                 const BatchNormParams& p, float mean, float k, float kx,        \
+                                 float k0);                                                      \
+  }
+#ifdef DK_HAVE_X86_VARIANTS
+DK_LAYERS_FAST_DECL(avx2)
+DK_LAYERS_FAST_DECL(avx512)
+#endif
+#undef DK_LAYERS_FAST_DECL
+
+// DK_FAST(fn)(args...): the float32 kernel of the active SIMD level; use only after
+// has_fast_layers() said there is one.
+inline bool has_fast_layers() {
+#ifdef DK_HAVE_X86_VARIANTS
+  return active_isa() != Isa::scalar;
+#else
+  return false;
+#endif
+}
+#ifdef DK_HAVE_X86_VARIANTS
+#define DK_FAST(fn) (::dk::active_isa() == ::dk::Isa::avx512 ? &::dk::cpu::avx512::fn : &::dk::cpu::avx2::fn)
+#else
+#define DK_FAST(fn) (static_cast<decltype(&fn)>(nullptr))
+#endif
+
+}  // namespace dk::cpu
