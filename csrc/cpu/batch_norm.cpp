@@ -17,9 +17,20 @@
 // Numerics: the statistics are sums in double of values shifted by the channel's first
 // element (x - K), so a large mean does not cancel the variance away (RELIABILITY.md:
 // one-pass E[x^2] - E[x]^2 fails at mean/std ~ 1e4 in float). One read of x for the
-// statistics, one for the normalization; a channel of a mid-sized batch fits in L2, so the
-// second read rarely reaches DRAM. Parallel over channels, serial within one: deterministic.
+// statistics, one for the normalization. Threads split the channels; every channel's sums
+// run over the samples in order, so the results do not depend on the thread count.
+//
+// Two schedules of the same math:
+//  - portable (float64, CPUs without AVX2): channel by channel, both passes per channel (its
+//    N*HW values are then still in L2 for the second);
+//  - float32 with AVX2/AVX-512 (layers_fast.h): each pass over all of a thread's channels
+//    in memory order (sample by sample: contiguous blocks), the per-channel scalars in
+//    between. Writing the output channel by channel touches N separate 4 KB blocks 256 KB
+//    apart (for 64 x 64 x 32 x 32), and those write-allocate misses made the
+//    normalization 2x slower than writing in memory order (bench/NOTES.md).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <type_traits>
 
@@ -31,13 +42,44 @@ namespace dk::cpu {
 
 namespace {
 
+// ---- the per-channel scalar math, shared by both schedules
+
+struct ChannelStats {
+  double mean, var, invstd;
+};
+
+// From the shifted sums s1 = sum(x - K), s2 = sum((x - K)^2) over M values.
+ChannelStats channel_stats(double K, double s1, double s2, int64_t M, double eps) {
+  const double dmean = M > 0 ? s1 / M : 0.0;
+  const double var = M > 0 ? std::max(0.0, (s2 - s1 * dmean) / M) : 0.0;
+  return {K + dmean, var, 1.0 / std::sqrt(var + eps)};
+}
+
+template <class T>
+void update_running(T* running_mean, T* running_var, int64_t c, const ChannelStats& st, int64_t M,
+                    double momentum) {
+  if (!running_mean) return;
+  running_mean[c] = static_cast<T>((1.0 - momentum) * running_mean[c] + momentum * st.mean);
+  const double unbiased = M > 1 ? st.var * M / (M - 1) : st.var;
+  running_var[c] = static_cast<T>((1.0 - momentum) * running_var[c] + momentum * unbiased);
+}
+
+// dx = k * dy + kx * (x - mean) + k0, from sdy = sum(dy), sdyx = sum(dy * (x - mean))
+struct GradCoefs {
+  double k, kx, k0;
+};
+GradCoefs grad_coefs(double wc, double invstd, double sdy, double sdyx, int64_t M, bool training) {
+  const double k = wc * invstd;
+  if (!training || M == 0) return {k, 0.0, 0.0};
+  return {k, -k * invstd * invstd * sdyx / M, -k * sdy / M};
+}
+
+// ---- portable schedule: channel by channel
+
 // Shifted sums of one channel: s1 = sum(x - K), s2 = sum((x - K)^2), in double.
-// (float32 on AVX2/AVX-512: the same loops compiled for that ISA, in layers_fast.h)
 template <class T>
 void channel_sums(const T* x, int64_t c, const BatchNormParams& p, double K, double& s1,
                   double& s2) {
-  if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers()) return DK_FAST(batch_norm_stats_f32)(x, c, p, K, s1, s2);
   double a = 0, b = 0;
   for (int64_t n = 0; n < p.N; ++n) {
     const T* xc = x + (n * p.C + c) * p.HW;
@@ -57,8 +99,6 @@ void channel_sums(const T* x, int64_t c, const BatchNormParams& p, double K, dou
 template <class T>
 void channel_affine(T* y, const T* x, int64_t c, const BatchNormParams& p, T mean, T scale,
                     T shift) {
-  if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers()) return DK_FAST(batch_norm_affine_f32)(y, x, c, p, mean, scale, shift);
   for (int64_t n = 0; n < p.N; ++n) {
     const int64_t off = (n * p.C + c) * p.HW;
     const T* xc = x + off;
@@ -68,31 +108,55 @@ void channel_affine(T* y, const T* x, int64_t c, const BatchNormParams& p, T mea
   }
 }
 
+// first element of channel c (the shift of its sums), 0 for an empty batch
+template <class T>
+double channel_shift(const T* x, int64_t c, const BatchNormParams& p) {
+  return p.N * p.HW > 0 ? static_cast<double>(x[c * p.HW]) : 0.0;
+}
+
+// ---- float32 schedule: each pass over all channels in memory order (layers_fast.h)
+
+void forward_train_fast(float* y, float* save_mean, float* save_invstd, float* running_mean,
+                        float* running_var, const float* x, const float* w, const float* b,
+                        const BatchNormParams& p) {
+  const int64_t M = p.N * p.HW, C = p.C;
+  std::vector<double> K(C), s1(C), s2(C);
+  for (int64_t c = 0; c < C; ++c) K[c] = channel_shift(x, c, p);
+  DK_FAST(batch_norm_stats_f32)(x, p, K.data(), s1.data(), s2.data());
+  std::vector<float> mean(C), scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const ChannelStats st = channel_stats(K[c], s1[c], s2[c], M, p.eps);
+    save_mean[c] = static_cast<float>(st.mean);
+    save_invstd[c] = static_cast<float>(st.invstd);
+    update_running(running_mean, running_var, c, st, M, p.momentum);
+    mean[c] = static_cast<float>(st.mean);
+    scale[c] = static_cast<float>(st.invstd * (w ? static_cast<double>(w[c]) : 1.0));
+    shift[c] = static_cast<float>(b ? static_cast<double>(b[c]) : 0.0);
+  }
+  DK_FAST(batch_norm_affine_f32)(y, x, p, mean.data(), scale.data(), shift.data());
+}
+
 }  // namespace
 
 template <class T>
 void batch_norm_forward_train(T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
                               const T* x, const T* w, const T* b, const BatchNormParams& p) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers())
+      return forward_train_fast(y, save_mean, save_invstd, running_mean, running_var, x, w, b, p);
   const int64_t M = p.N * p.HW;
   parallel_for(p.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const double K = static_cast<double>(x[c * p.HW]);  // first element of channel c
+      const double K = channel_shift(x, c, p);
       double s1, s2;
       channel_sums(x, c, p, K, s1, s2);
-      const double dmean = s1 / M;
-      const double var = std::max(0.0, (s2 - s1 * dmean) / M);
-      const double mean = K + dmean;
-      const double invstd = 1.0 / std::sqrt(var + p.eps);
-      save_mean[c] = static_cast<T>(mean);
-      save_invstd[c] = static_cast<T>(invstd);
-      if (running_mean) {
-        running_mean[c] = static_cast<T>((1.0 - p.momentum) * running_mean[c] + p.momentum * mean);
-        const double unbiased = M > 1 ? var * M / (M - 1) : var;
-        running_var[c] = static_cast<T>((1.0 - p.momentum) * running_var[c] + p.momentum * unbiased);
-      }
-      const double scale = invstd * (w ? static_cast<double>(w[c]) : 1.0);
+      const ChannelStats st = channel_stats(K, s1, s2, M, p.eps);
+      save_mean[c] = static_cast<T>(st.mean);
+      save_invstd[c] = static_cast<T>(st.invstd);
+      update_running(running_mean, running_var, c, st, M, p.momentum);
+      const double scale = st.invstd * (w ? static_cast<double>(w[c]) : 1.0);
       const double shift = b ? static_cast<double>(b[c]) : 0.0;
-      channel_affine(y, x, c, p, static_cast<T>(mean), static_cast<T>(scale),
+      channel_affine(y, x, c, p, static_cast<T>(st.mean), static_cast<T>(scale),
                      static_cast<T>(shift));
     }
   });
@@ -102,17 +166,20 @@ template <class T>
 void batch_norm_forward_eval(T* y, T* save_mean, T* save_invstd, const T* x, const T* w,
                              const T* b, const T* running_mean, const T* running_var,
                              const BatchNormParams& p) {
+  std::vector<T> mean(p.C), scale(p.C), shift(p.C);
+  for (int64_t c = 0; c < p.C; ++c) {
+    const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + p.eps);
+    save_mean[c] = running_mean[c];
+    save_invstd[c] = static_cast<T>(invstd);
+    mean[c] = running_mean[c];
+    scale[c] = static_cast<T>(invstd * (w ? static_cast<double>(w[c]) : 1.0));
+    shift[c] = static_cast<T>(b ? static_cast<double>(b[c]) : 0.0);
+  }
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers())
+      return DK_FAST(batch_norm_affine_f32)(y, x, p, mean.data(), scale.data(), shift.data());
   parallel_for(p.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mean = running_mean[c];
-      const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + p.eps);
-      save_mean[c] = running_mean[c];
-      save_invstd[c] = static_cast<T>(invstd);
-      const double scale = invstd * (w ? static_cast<double>(w[c]) : 1.0);
-      const double shift = b ? static_cast<double>(b[c]) : 0.0;
-      channel_affine(y, x, c, p, static_cast<T>(mean), static_cast<T>(scale),
-                     static_cast<T>(shift));
-    }
+    for (int64_t c = c0; c < c1; ++c) channel_affine(y, x, c, p, mean[c], scale[c], shift[c]);
   });
 }
 
@@ -120,20 +187,34 @@ template <class T>
 void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w,
                          const T* save_mean, const T* save_invstd, bool training,
                          const BatchNormParams& p) {
-  const int64_t M = p.N * p.HW;
-  parallel_for(p.C, 1, [&](int64_t c0, int64_t c1) {
+  const int64_t M = p.N * p.HW, C = p.C;
+  auto finish = [&](int64_t c, double sdy, double sdyx) {  // dw, db and the dx coefficients
+    const double invstd = save_invstd[c];
+    if (dw) dw[c] = static_cast<T>(sdyx * invstd);
+    if (db) db[c] = static_cast<T>(sdy);
+    return grad_coefs(w ? static_cast<double>(w[c]) : 1.0, invstd, sdy, sdyx, M, training);
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    if (has_fast_layers()) {
+      std::vector<double> mean(C), sdy(C), sdyx(C);
+      for (int64_t c = 0; c < C; ++c) mean[c] = save_mean[c];
+      DK_FAST(batch_norm_grad_sums_f32)(dy, x, p, mean.data(), sdy.data(), sdyx.data());
+      std::vector<float> k(C), kx(C), k0(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const GradCoefs g = finish(c, sdy[c], sdyx[c]);
+        k[c] = static_cast<float>(g.k);
+        kx[c] = static_cast<float>(g.kx);
+        k0[c] = static_cast<float>(g.k0);
+      }
+      return DK_FAST(batch_norm_grad_apply_f32)(dx, dy, x, p, save_mean, k.data(), kx.data(), k0.data());
+    }
+  }
+  parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const double mean = save_mean[c], invstd = save_invstd[c];
+      const double mean = save_mean[c];
       const T tmean = save_mean[c];
       double sdy = 0, sdyx = 0;  // sum(dy), sum(dy * (x - mean))
-      bool fast = false;
-      if constexpr (std::is_same_v<T, float>) {
-        if (has_fast_layers()) {
-          DK_FAST(batch_norm_grad_sums_f32)(dy, x, c, p, mean, sdy, sdyx);
-          fast = true;
-        }
-      }
-      for (int64_t n = 0; n < p.N && !fast; ++n) {
+      for (int64_t n = 0; n < p.N; ++n) {
         const int64_t off = (n * p.C + c) * p.HW;
         const T* xc = x + off;
         const T* dyc = dy + off;
@@ -146,19 +227,8 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
         sdy += a;
         sdyx += bsum;
       }
-      if (dw) dw[c] = static_cast<T>(sdyx * invstd);
-      if (db) db[c] = static_cast<T>(sdy);
-      const double wc = w ? static_cast<double>(w[c]) : 1.0;
-      // dx = k * dy + kx * (x - mean) + k0
-      const double k = wc * invstd;
-      const double kx = training ? -k * invstd * invstd * sdyx / M : 0.0;
-      const double k0 = training ? -k * sdy / M : 0.0;
-      const T tk = static_cast<T>(k), tkx = static_cast<T>(kx), tk0 = static_cast<T>(k0);
-      if (fast) {
-        if constexpr (std::is_same_v<T, float>)
-          DK_FAST(batch_norm_grad_apply_f32)(dx, dy, x, c, p, tmean, tk, tkx, tk0);
-        continue;
-      }
+      const GradCoefs g = finish(c, sdy, sdyx);
+      const T tk = static_cast<T>(g.k), tkx = static_cast<T>(g.kx), tk0 = static_cast<T>(g.k0);
       for (int64_t n = 0; n < p.N; ++n) {
         const int64_t off = (n * p.C + c) * p.HW;
         const T* xc = x + off;

@@ -467,76 +467,81 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
 }
 
 // ---------------------------------------------------------------------------------------------
-// Batch norm over (N, HW) per channel: the same math as batch_norm.cpp (statistics summed in
-// double from values shifted by the channel's first element), in two passes over a channel:
-// the statistics, then the normalization, which finds the channel (N*HW floats: 256 KB for
-// 64 x 32 x 32) still in L2. Threads split the channels; each channel is summed in one fixed
-// order. The next plane of the channel (one sample further on) is prefetched.
-static inline void prefetch_plane(const float* p, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+// Batch norm passes (batch_norm.cpp holds the math around them). Each thread owns a range of
+// channels and walks every pass in memory order: sample by sample, its channels' planes (a
+// contiguous block). Per channel, the sums run over the samples in order: any thread count
+// gives the same bits. HW == 1 (2-D input): the channels are the vector lanes instead.
+template <class F>
+static void by_channel_ranges(const BatchNormParams& p, const F& f) {
+  parallel_range(p.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t c = c0; c < c1; ++c) f(n, c, (n * p.C + c) * p.HW);
+  });
 }
 
-void batch_norm_stats_f32(const float* x, int64_t c, const BatchNormParams& p, double K,
-                          double& s1, double& s2) {
-  double a = 0, b = 0;
-  for (int64_t n = 0; n < p.N; ++n) {
-    const float* xc = x + (n * p.C + c) * p.HW;
-    if (n + 1 < p.N) prefetch_plane(xc + p.C * p.HW, p.HW);
+// s1[c] = sum(x - K[c]), s2[c] = sum((x - K[c])^2) over the channel, in double.
+void batch_norm_stats_f32(const float* x, const BatchNormParams& p, const double* K, double* s1,
+                          double* s2) {
+  std::fill(s1, s1 + p.C, 0.0);
+  std::fill(s2, s2 + p.C, 0.0);
+  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
+    const float* __restrict xc = x + off;
+    const double k = K[c];
+    double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t i = 0; i < p.HW; ++i) {
-      const double d = static_cast<double>(xc[i]) - K;
+      const double d = static_cast<double>(xc[i]) - k;
       a += d;
       b += d * d;
     }
-  }
-  s1 = a;
-  s2 = b;
+    s1[c] += a;
+    s2[c] += b;
+  });
 }
 
-void batch_norm_affine_f32(float* y, const float* x, int64_t c, const BatchNormParams& p,
-                           float mean, float scale, float shift) {
-  for (int64_t n = 0; n < p.N; ++n) {
-    const int64_t off = (n * p.C + c) * p.HW;
+// y = (x - mean[c]) * scale[c] + shift[c]
+void batch_norm_affine_f32(float* y, const float* x, const BatchNormParams& p, const float* mean,
+                           const float* scale, const float* shift) {
+  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
     const float* __restrict xc = x + off;
     float* __restrict yc = y + off;
+    const float m = mean[c], sc = scale[c], sh = shift[c];
 #pragma omp simd
-    for (int64_t i = 0; i < p.HW; ++i) yc[i] = (xc[i] - mean) * scale + shift;
-  }
+    for (int64_t i = 0; i < p.HW; ++i) yc[i] = (xc[i] - m) * sc + sh;
+  });
 }
 
-// sum(dy) and sum(dy * (x - mean)) of one channel, in double
-void batch_norm_grad_sums_f32(const float* dy, const float* x, int64_t c, const BatchNormParams& p,
-                              double mean, double& sdy, double& sdyx) {
-  double a = 0, b = 0;
-  for (int64_t n = 0; n < p.N; ++n) {
-    const int64_t off = (n * p.C + c) * p.HW;
-    const float* xc = x + off;
-    const float* dyc = dy + off;
-    if (n + 1 < p.N) {
-      prefetch_plane(xc + p.C * p.HW, p.HW);
-      prefetch_plane(dyc + p.C * p.HW, p.HW);
-    }
+// sdy[c] = sum(dy), sdyx[c] = sum(dy * (x - mean[c])) over the channel, in double.
+void batch_norm_grad_sums_f32(const float* dy, const float* x, const BatchNormParams& p,
+                              const double* mean, double* sdy, double* sdyx) {
+  std::fill(sdy, sdy + p.C, 0.0);
+  std::fill(sdyx, sdyx + p.C, 0.0);
+  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
+    const float* __restrict xc = x + off;
+    const float* __restrict dyc = dy + off;
+    const double m = mean[c];
+    double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t i = 0; i < p.HW; ++i) {
       a += dyc[i];
-      b += static_cast<double>(dyc[i]) * (static_cast<double>(xc[i]) - mean);
+      b += static_cast<double>(dyc[i]) * (static_cast<double>(xc[i]) - m);
     }
-  }
-  sdy = a;
-  sdyx = b;
+    sdy[c] += a;
+    sdyx[c] += b;
+  });
 }
 
-// dx = k * dy + kx * (x - mean) + k0
-void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, int64_t c,
-                               const BatchNormParams& p, float mean, float k, float kx, float k0) {
-  for (int64_t n = 0; n < p.N; ++n) {
-    const int64_t off = (n * p.C + c) * p.HW;
+// dx = k[c] * dy + kx[c] * (x - mean[c]) + k0[c]
+void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, const BatchNormParams& p,
+                               const float* mean, const float* k, const float* kx, const float* k0) {
+  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
     const float* __restrict xc = x + off;
     const float* __restrict dyc = dy + off;
     float* __restrict dxc = dx + off;
+    const float m = mean[c], a = k[c], b = kx[c], z = k0[c];
 #pragma omp simd
-    for (int64_t i = 0; i < p.HW; ++i) dxc[i] = k * dyc[i] + kx * (xc[i] - mean) + k0;
-  }
+    for (int64_t i = 0; i < p.HW; ++i) dxc[i] = a * dyc[i] + b * (xc[i] - m) + z;
+  });
 }
 
 }  // namespace dk::cpu::DK_ISA_NS

@@ -22,16 +22,15 @@ namespace dk::cpu {
   bool max_pool2d_forward_f32(float* y, int64_t* idx, const float* x, const Pool2dParams& p);    \
   bool avg_pool2d_forward_f32(float* y, const float* x, const Pool2dParams& p);                  \
   bool avg_pool2d_backward_f32(float* dx, const float* dy, const Pool2dParams& p);               \
-  void batch_norm_stats_f32(const float* x, int64_t c, const BatchNormParams& p, double K,       \
-                            double& s1, double& s2);                                             \
-  void batch_norm_affine_f32(float* y, const float* x, int64_t c, const BatchNormParams& p,      \
-                             float mean, float scale, float shift);                              \
-  void batch_norm_grad_sums_f32(const float* dy, const float* x, int64_t c,                      \
-                                const BatchNormParams& p, double mean, double& sdy,              \
-                                double& sdyx);                                                   \
-  void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, int64_t c,          \
-                                 const BatchNormParams& p, float mean, float k, float kx,        \
-                                 float k0);                                                      \
+  void batch_norm_stats_f32(const float* x, const BatchNormParams& p, const double* K,          \
+                            double* s1, double* s2);                                             \
+  void batch_norm_affine_f32(float* y, const float* x, const BatchNormParams& p,                 \
+                             const float* mean, const float* scale, const float* shift);         \
+  void batch_norm_grad_sums_f32(const float* dy, const float* x, const BatchNormParams& p,       \
+                                const double* mean, double* sdy, double* sdyx);                  \
+  void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x,                     \
+                                 const BatchNormParams& p, const float* mean, const float* k,    \
+                                 const float* kx, const float* k0);                              \
   }
 #ifdef DK_HAVE_X86_VARIANTS
 DK_LAYERS_FAST_DECL(avx2)

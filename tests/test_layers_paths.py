@@ -1,0 +1,216 @@
+"""The vector kernels of the memory-bound layers (csrc/cpu/layers_fast.h) on every SIMD level
+this CPU runs, against the NumPy reference, on the edges vector code gets wrong: sizes that
+are not multiples of the vector width (16 lanes for AVX-512, 8 for AVX2), NaN, -0.0 and
+infinities, ties, ceil-mode windows past the input, divisors that differ per window, and
+dropout masks that must equal the scalar Philox generator bit for bit.
+"""
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import deepkern
+import deepkern.functional as F
+import deepkern.reference as R
+from conftest import assert_bitwise, assert_close, f64, num_threads
+from deepkern import _C
+from tolerances import tol
+
+
+def available_isas():
+    info = deepkern.build_info()
+    out = [i for i in ("avx512", "avx2") if i in info["simd_variants"] and info[f"cpu_{i}"]]
+    return out + ["scalar"]
+
+
+ISAS = available_isas()
+
+
+@contextlib.contextmanager
+def isa(name):
+    old = _C.get_isa()
+    try:
+        assert _C.set_isa(name) == name
+        yield
+    finally:
+        _C.set_isa(old)
+
+
+SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 255, 257, 1000, 4099, 65537]
+
+
+def special_values(n, rng):
+    x = rng.standard_normal(n).astype(np.float32)
+    picks = rng.integers(0, n, size=max(1, n // 10))
+    x[picks] = rng.choice(np.array([np.nan, -0.0, 0.0, np.inf, -np.inf], np.float32), size=picks.size)
+    return x
+
+
+# ---------------------------------------------------------------------------------- relu
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("n", SIZES)
+def test_relu_bitwise(isa_name, n):
+    rng = np.random.default_rng(n)
+    x, dy = special_values(n, rng), special_values(n, rng)
+    with isa(isa_name):
+        y = F.relu(x)
+        gx = F.relu_backward(dy, y)
+    assert_bitwise(y, R.relu(x), "relu y")
+    assert_bitwise(gx, R.relu_backward(dy, y), "relu grad_x")
+
+
+# ---------------------------------------------------------------------------------- dropout
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("n", SIZES)
+def test_dropout_mask_and_values_bitwise(isa_name, n):
+    rng = np.random.default_rng(n + 1)
+    x, dy = special_values(n, rng), rng.standard_normal(n).astype(np.float32)
+    for p, seed in ((0.5, 0), (0.1, 12345), (0.9, 2**64 - 1), (0.3, 0xDEADBEEFCAFEF00D)):
+        with isa(isa_name):
+            y, mask = F.dropout(x, p, seed=seed)
+            gx = F.dropout_backward(dy, mask, p)
+        with np.errstate(invalid="ignore"):  # inf * 0 in dropped lanes is NaN, as in the kernel
+            ry, rmask = R.dropout(x, p, True, seed)
+        assert_bitwise(mask, rmask, f"mask p={p} seed={seed}")
+        assert_bitwise(y, ry, f"y p={p} seed={seed}")
+        assert_bitwise(gx, R.dropout_backward(dy, rmask, p), f"grad_x p={p}")
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+def test_dropout_float64_mask_matches(isa_name):
+    """float64 runs the scalar apply, but its mask comes from the same (vector) generator."""
+    x = np.random.default_rng(3).standard_normal((5, 77)).astype(np.float64)
+    with isa(isa_name):
+        y, mask = F.dropout(x, 0.4, seed=77)
+    ry, rmask = R.dropout(x, 0.4, True, 77)
+    assert_bitwise(mask, rmask, "mask")
+    assert_bitwise(y, ry, "y")
+
+
+def test_dropout_thread_split_never_cuts_a_counter():
+    """Each Philox counter covers 4 elements: thread ranges must start at multiples of 4."""
+    x = np.ones(100_003, np.float32)
+    want = R.dropout_mask(x.shape, 0.5, 99)
+    for t in (1, 2, 3, 5, 7):
+        with num_threads(t):
+            assert_bitwise(F.dropout(x, 0.5, seed=99)[1], want, f"mask on {t} threads")
+
+
+# ---------------------------------------------------------------------------------- max pool
+
+@st.composite
+def maxpool2_cases(draw):
+    H, W = draw(st.integers(1, 37)), draw(st.integers(2, 37))
+    return dict(shape=(draw(st.integers(1, 3)), draw(st.integers(1, 3)), max(H, 2), W),
+                ceil_mode=draw(st.booleans()), ties=draw(st.booleans()), nans=draw(st.booleans()))
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@settings(max_examples=30)
+@given(c=maxpool2_cases(), seed=st.integers(0, 2**32 - 1))
+def test_max_pool_2x2_stride_2(isa_name, c, seed):
+    """The branch-free 2x2/s2 path: ties keep the first tap, NaN wins with its last index,
+    -inf windows, odd sizes and ceil-mode windows past the input."""
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-2, 3, c["shape"]) if c["ties"] else rng.standard_normal(c["shape"])).astype(np.float32)
+    if c["nans"]:
+        flat = x.reshape(-1)
+        flat[rng.integers(0, flat.size, max(1, flat.size // 7))] = np.nan
+        flat[rng.integers(0, flat.size, max(1, flat.size // 7))] = -np.inf
+    with isa(isa_name):
+        y, idx = F.max_pool2d(x, 2, 2, ceil_mode=c["ceil_mode"])
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        gx = F.max_pool2d_backward(dy, idx, x.shape)
+    ry, ridx = R.max_pool2d(x, 2, 2, ceil_mode=c["ceil_mode"])
+    assert_bitwise(y, ry, "y")
+    assert_bitwise(idx, ridx, "indices")
+    assert_close(gx, R.max_pool2d_backward(f64(dy), ridx, x.shape), 1e-6, 1e-6, "grad_x")
+
+
+# ---------------------------------------------------------------------------------- avg pool
+
+@st.composite
+def avgpool_s1_cases(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 35))
+    W = draw(st.integers(max(1, kw - 2 * pw), 35))
+    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), kernel_size=(kh, kw),
+                padding=(ph, pw), ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()))
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@settings(max_examples=30)
+@given(c=avgpool_s1_cases(), seed=st.integers(0, 2**32 - 1))
+def test_avg_pool_stride_1(isa_name, c, seed):
+    """The stride-1 stencils: every kernel size and padding, per-window divisors (padding not
+    counted), row lengths that are not multiples of the vector width."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(c["shape"]).astype(np.float32)
+    kw = dict(kernel_size=c["kernel_size"], stride=1, padding=c["padding"], ceil_mode=c["ceil_mode"],
+              count_include_pad=c["count_include_pad"])
+    with isa(isa_name):
+        y = F.avg_pool2d(x, **kw)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        gx = F.avg_pool2d_backward(dy, x.shape, **kw)
+    t = tol("avg_pool2d", np.float32)
+    assert_close(y, R.avg_pool2d(f64(x), **kw), *t, what="y")
+    assert_close(gx, R.avg_pool2d_backward(f64(dy), x.shape, **kw), *t, what="grad_x")
+
+
+# ---------------------------------------------------------------------------------- batch norm
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("shape", [(2, 1, 1, 1), (2, 3, 1, 1), (5, 7, 3, 5), (4, 17, 8, 9), (3, 5, 32, 32),
+                                   (9, 33), (2, 4)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm(isa_name, shape, training):
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    rm, rv = rng.standard_normal(C).astype(np.float32), (rng.random(C) + 0.5).astype(np.float32)
+    rm2, rv2 = f64(rm, rv)
+    with isa(isa_name):
+        y, sm, si = F.batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        got = F.batch_norm_backward(dy, x, w, sm, si, training)
+    ry, rsm, rsi = R.batch_norm(f64(x), *f64(w, b), rm2, rv2, training, 0.1, 1e-5)
+    t = tol("batch_norm", np.float32)
+    assert_close(y, ry, *t, what="y")
+    assert_close(rm, rm2, *t, what="running_mean")
+    assert_close(rv, rv2, *t, what="running_var")
+    want = R.batch_norm_backward(*f64(dy, x, w, sm, si), training)
+    for g, r, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+def test_layers_thread_count_invariance(isa_name):
+    """Bitwise identical outputs on 1, 2, 3 and 5 threads (the batch-norm sums included)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 10, 13, 17)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(10).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+
+    def run():
+        out = list(F.max_pool2d(x, 2, 2, ceil_mode=True))
+        out.append(F.avg_pool2d(x, 3, 1, 1))
+        out.append(F.avg_pool2d_backward(dy, x.shape, 3, 1, 1))
+        y, sm, si = F.batch_norm(x, w, b, None, None, True)
+        out += [y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True)]
+        out += list(F.dropout(x, 0.3, seed=4)) + [F.relu(x), F.relu_backward(dy, x)]
+        return out
+
+    with isa(isa_name):
+        with num_threads(1):
+            ref = run()
+        for t in (2, 3, 5):
+            with num_threads(t):
+                for k, (g, r) in enumerate(zip(run(), ref)):
+                    assert_bitwise(g, r, f"output {k} on {t} threads")
