@@ -17,35 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import deepkern
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
-from deepkern import _C
+from simd_isas import available_isas, isa
 from tolerances import tol
 
 
-def available_isas():
-    info = deepkern.build_info()
-    out = []
-    if "avx512" in info["simd_variants"] and info["cpu_avx512"]:
-        out.append("avx512")
-    if "avx2" in info["simd_variants"] and info["cpu_avx2"]:
-        out.append("avx2")
-    return out + ["scalar"]
-
-
 ISAS = available_isas()
-
-
-@contextlib.contextmanager
-def isa(name):
-    old = _C.get_isa()
-    try:
-        assert _C.set_isa(name) == name
-        yield
-    finally:
-        _C.set_isa(old)
 
 
 @contextlib.contextmanager
@@ -125,11 +104,12 @@ def winograd_cases(draw):
 
 
 @pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
-@pytest.mark.parametrize("algo", ["winograd", "flat"])
+@pytest.mark.parametrize("algo", ["winograd", "direct"])
 @settings(max_examples=20)
 @given(c=winograd_cases(), seed=st.integers(0, 2**32 - 1))
 def test_forced_algorithm(isa_name, algo, c, seed):
-    """The same 3x3 shapes through Winograd (even with few channels) and through the flat GEMM."""
+    """The same 3x3 shapes through Winograd (even with few channels) and through the flat GEMM
+    and direct weight gradient."""
     with isa(isa_name), env(DEEPKERN_CONV_ALGO=algo):
         run_and_check(c, np.random.default_rng(seed), what=f"{isa_name} {algo} {c}")
 

@@ -5,38 +5,20 @@ infinities, ties, ceil-mode windows past the input, divisors that differ per win
 dropout masks that must equal the scalar Philox generator bit for bit.
 """
 
-import contextlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import deepkern
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
-from deepkern import _C
+from simd_isas import available_isas, isa
 from tolerances import tol
 
 
-def available_isas():
-    info = deepkern.build_info()
-    out = [i for i in ("avx512", "avx2") if i in info["simd_variants"] and info[f"cpu_{i}"]]
-    return out + ["scalar"]
-
-
 ISAS = available_isas()
-
-
-@contextlib.contextmanager
-def isa(name):
-    old = _C.get_isa()
-    try:
-        assert _C.set_isa(name) == name
-        yield
-    finally:
-        _C.set_isa(old)
 
 
 SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 255, 257, 1000, 4099, 65537]

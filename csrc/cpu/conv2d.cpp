@@ -199,17 +199,6 @@ const char* conv_algo_name(ConvAlgo a) {
   }
 }
 
-// The stride-1 input gradient is the convolution of dy with the flipped, transposed weights,
-// padded by d*(k-1) - p: its parameters as a forward convolution.
-static Conv2dParams transposed_view(const Conv2dParams& p) {
-  Conv2dParams q = p;
-  q.C = p.OC; q.H = p.OH; q.W = p.OW;
-  q.OC = p.C; q.OH = p.H; q.OW = p.W;
-  q.ph = p.dh * (p.KH - 1) - p.ph;
-  q.pw = p.dw * (p.KW - 1) - p.pw;
-  return q;
-}
-
 // Winograd F(2x2, 3x3) applies to 3x3 kernels, stride 1, dilation 1, one group, padding 1 or 2
 // on the width (the tile grid must be as wide as the input's column phases; see conv2d_fast.h).
 static bool winograd_applies(const Conv2dParams& p) {
@@ -242,7 +231,7 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
     case ConvDir::backward_input: {
       // Winograd F(2x2, 3x3): 2.25x fewer multiplies; its transforms cost a few percent per
       // channel, so it needs enough channels on both sides to pay off
-      const Conv2dParams q = dir == ConvDir::forward ? p : transposed_view(p);
+      const Conv2dParams q = dir == ConvDir::forward ? p : transposed_params(p);
       if (winograd_applies(q) && !forced("flat") && !forced("direct") &&
           (forced("winograd") || (q.C >= 16 && q.OC >= 16)))
         return ConvAlgo::winograd;

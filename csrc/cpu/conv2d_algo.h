@@ -18,6 +18,17 @@ enum class ConvAlgo {
 
 enum class ConvDir { forward, backward_input, backward_weight };
 
+// The stride-1 input gradient is the convolution of dy with the flipped, transposed weights,
+// padded by d*(k-1) - p: its parameters as a forward convolution (dy -> dx).
+inline Conv2dParams transposed_params(const Conv2dParams& p) {
+  Conv2dParams q = p;
+  q.C = p.OC; q.H = p.OH; q.W = p.OW;
+  q.OC = p.C; q.OH = p.H; q.OW = p.W;
+  q.ph = p.dh * (p.KH - 1) - p.ph;
+  q.pw = p.dw * (p.KW - 1) - p.pw;
+  return q;
+}
+
 const char* conv_algo_name(ConvAlgo a);
 
 // The one place the algorithm is chosen; see conv2d.cpp for the reasons.

@@ -128,25 +128,31 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
   }
 }
 
-using UkernelFn = void (*)(int64_t, const float*, const float*, float*, int64_t, const Epilogue&);
+// A table of every MR x NV instantiation of a kernel template (1 <= mr <= kMR, 1 <= nv <= kNV):
+// edge tiles use the smaller ones, so no work is wasted on padding rows or lanes.
+template <class Fn, template <int, int> class K>
+struct TileTable {
+  Fn f[kMR][kNV];
+  template <int MR, int... NV>
+  constexpr void row(std::integer_sequence<int, NV...>) {
+    ((f[MR - 1][NV] = K<MR, NV + 1>::fn), ...);
+  }
+  template <int... MR>
+  constexpr void fill(std::integer_sequence<int, MR...>) {
+    (row<MR + 1>(std::make_integer_sequence<int, kNV>{}), ...);
+  }
+  TileTable() { fill(std::make_integer_sequence<int, kMR>{}); }
+  Fn operator()(int mr, int nv) const { return f[mr - 1][nv - 1]; }
+};
 
-// ukernel_for(mr, nv): the instantiation for an mr x nv tile (1 <= mr <= kMR, 1 <= nv <= kNV);
-// edge tiles of y use the smaller instantiations, so no work is wasted on padding rows.
-template <int MR, int... NV>
-constexpr void fill_row(UkernelFn* row, std::integer_sequence<int, NV...>) {
-  ((row[NV] = &ukernel<MR, NV + 1>), ...);
-}
-template <int... MR>
-constexpr void fill_table(UkernelFn (*tab)[kNV], std::integer_sequence<int, MR...>) {
-  (fill_row<MR + 1>(tab[MR], std::make_integer_sequence<int, kNV>{}), ...);
-}
+using UkernelFn = void (*)(int64_t, const float*, const float*, float*, int64_t, const Epilogue&);
+template <int MR, int NV>
+struct UkernelOf {
+  static constexpr UkernelFn fn = &ukernel<MR, NV>;
+};
 inline UkernelFn ukernel_for(int mr, int nv) {
-  static const auto table = [] {
-    struct T { UkernelFn f[kMR][kNV]; } t{};
-    fill_table(t.f, std::make_integer_sequence<int, kMR>{});
-    return t;
-  }();
-  return table.f[mr - 1][nv - 1];
+  static const TileTable<UkernelFn, UkernelOf> table;
+  return table(mr, nv);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,15 +501,6 @@ inline void forward_flat(float* y, const float* x, const float* w, const float* 
 // taps with kh*dh == a + ph (mod s) (and likewise kw) reach phase (a, b), and they read dy at
 // the fixed shift e = (a + ph - kh*dh) / s: each phase is a stride-1 convolution of dy with
 // its own subset of the taps, on the flat code; the phases are then interleaved into dx.
-inline Conv2dParams transposed_params(const Conv2dParams& p) {
-  Conv2dParams q = p;
-  q.C = p.OC; q.H = p.OH; q.W = p.OW;
-  q.OC = p.C; q.OH = p.H; q.OW = p.W;
-  q.ph = p.dh * (p.KH - 1) - p.ph;
-  q.pw = p.dw * (p.KW - 1) - p.pw;
-  return q;
-}
-
 // wt (C, OC/G, KH, KW) <- w (OC, C/G, KH, KW) transposed per group and flipped.
 inline void transpose_flip_weights(float* wt, const float* w, const Conv2dParams& p) {
   const int64_t cpg = p.cpg(), ocpg = p.ocpg(), T = p.KH * p.KW;
@@ -667,21 +664,13 @@ void ukernel_dw(int S, const float* const* xs, const float* const* bs, const DwR
 
 using UkernelDwFn = void (*)(int, const float* const*, const float* const*, const DwRows&, float*,
                              int64_t, bool);
-template <int MR, int... NV>
-constexpr void fill_dw_row(UkernelDwFn* row, std::integer_sequence<int, NV...>) {
-  ((row[NV] = &ukernel_dw<MR, NV + 1>), ...);
-}
-template <int... MR>
-constexpr void fill_dw_table(UkernelDwFn (*tab)[kNV], std::integer_sequence<int, MR...>) {
-  (fill_dw_row<MR + 1>(tab[MR], std::make_integer_sequence<int, kNV>{}), ...);
-}
+template <int MR, int NV>
+struct UkernelDwOf {
+  static constexpr UkernelDwFn fn = &ukernel_dw<MR, NV>;
+};
 inline UkernelDwFn ukernel_dw_for(int mr, int nv) {
-  static const auto table = [] {
-    struct T { UkernelDwFn f[kMR][kNV]; } t{};
-    fill_dw_table(t.f, std::make_integer_sequence<int, kMR>{});
-    return t;
-  }();
-  return table.f[mr - 1][nv - 1];
+  static const TileTable<UkernelDwFn, UkernelDwOf> table;
+  return table(mr, nv);
 }
 
 // Zero-padded copy of the cpg channels at xg: xp[c][Hp][Wp], Hp = H + 2ph, Wp = W + 2pw.

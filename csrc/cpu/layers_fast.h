@@ -205,7 +205,7 @@ bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Poo
   // reload them after every store)
   const int64_t W = p.W, OW = p.OW, HW = p.H * p.W, OHW = p.OH * p.OW;
   const int64_t OHf = std::min(p.OH, p.H / 2), OWf = std::min(p.OW, p.W / 2);  // full windows
-  parallel_for(p.N * p.C, 1, [&, W, OW, HW, OHW, OHf, OWf](int64_t q0, int64_t q1) {
+  parallel_range(p.N * p.C, 1, [&, W, OW, HW, OHW, OHf, OWf](int64_t q0, int64_t q1) {
     const S::I lane2 = S::add_i32(S::iota_i32(), S::iota_i32());  // 2 * lane
     const S::I one = S::set1_i32(1), w0 = S::set1_i32(static_cast<uint32_t>(W));
     const S::I w1 = S::set1_i32(static_cast<uint32_t>(W + 1));
@@ -406,7 +406,7 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;
   std::vector<float> cols;
   const StencilScale scale = stencil_scale(ah, aw, cols);
-  parallel_for(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
+  parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     // output (oh, ow) sums P rows oh.. oh+kh-1, columns ow.. ow+kw-1: x shifted by the padding
     PaddedPlane B[2] = {PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw),
                         PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw)};
@@ -432,7 +432,7 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
   std::vector<float> cols;
   const StencilScale scale = stencil_scale(ah, aw, cols);
-  parallel_for(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
+  parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     PaddedPlane B[2] = {PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw),
                         PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw)};
     const V c = S::set1(scale.c);
