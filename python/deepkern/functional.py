@@ -11,6 +11,8 @@ accept an unbatched (C, H, W) input, as PyTorch does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend
@@ -236,15 +238,30 @@ def _channel_vec(a, name, C, dtype):
 
 def _inplace_target(a, name, x):
     """An array batch_norm writes into: never silently copied (RELIABILITY.md C3)."""
+    if V.is_cuda_array(a):  # the same rules, read from __cuda_array_interface__
+        from ._arrays import check_inplace_target
+        check_inplace_target(a, name)
+        if _may_share_memory(a, x):
+            raise ValueError(f"batch_norm: {name} must not share memory with x")
+        return a
     if not isinstance(a, np.ndarray):
         return a
     if not a.flags.c_contiguous:
         raise ValueError(f"batch_norm: {name} must be C-contiguous (it is updated in place)")
     if not a.flags.writeable:
         raise ValueError(f"batch_norm: {name} is not writeable (it is updated in place)")
-    if np.may_share_memory(a, x):
+    if _may_share_memory(a, x):
         raise ValueError(f"batch_norm: {name} must not share memory with x")
     return a
+
+
+def _may_share_memory(a, b):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    if V.is_cuda_array(a) and V.is_cuda_array(b):
+        from ._arrays import may_share_memory
+        return may_share_memory(a, b)
+    return False  # a NumPy array and a CUDA array: the backend dispatch rejects the mix
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -277,9 +294,9 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     if training and running_mean is not None:
         _inplace_target(running_mean, "running_mean", x)
         _inplace_target(running_var, "running_var", x)
-        if np.may_share_memory(running_mean, running_var):
+        if _may_share_memory(running_mean, running_var):
             raise ValueError("batch_norm: running_mean and running_var must not share memory")
-    M = x.size // C if C else 0
+    M = math.prod(int(v) for v in x.shape) // C  # (x.size is a method on torch tensors)
     if training and M <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {V.shape_str(x.shape)}")
     be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
