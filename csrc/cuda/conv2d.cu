@@ -158,16 +158,22 @@ inline BackwardWeightOp make_backward_weight(const Conv2dParams& p, float* out, 
   return BackwardWeightOp{p, cpg, ocpg, ocpg, cpg * p.KH * p.KW, p.N * p.OH * p.OW, dy, x, out};
 }
 
-// How many chunks the weight gradient's reduction (K = N*OH*OW) is split into: enough blocks
-// to fill a large GPU (about 1024 with the output tiles), each chunk at least 512 long.
-// A function of the problem size only (never of the device), so the bits of dw are too.
-// Returns the chunk length (a multiple of BK); the number of chunks is ceil(K / chunk).
-inline int64_t weight_grad_chunk(int64_t tiles, int64_t K) {
-  if (K <= 0) return BK;
+// How the weight gradient's reduction (K = N*OH*OW) is split: enough blocks to fill a large
+// GPU (about 1024 with the output tiles), each chunk at least 512 long. A function of the
+// problem size only (never of the device), so the bits of dw are too.
+struct SplitPlan {
+  int64_t chunk;   // k values per chunk, a multiple of BK
+  int64_t splits;  // ceil(K / chunk) >= 1
+};
+
+inline SplitPlan weight_grad_plan(const BackwardWeightOp& op) {
+  const int64_t tiles = (op.M + BM - 1) / BM * ((op.N + BN - 1) / BN) * op.p.G;
+  if (op.K <= 0) return {BK, 1};
   int64_t splits = std::max<int64_t>(1, 1024 / std::max<int64_t>(tiles, 1));
-  splits = std::min(splits, std::max<int64_t>(1, K / 512));
-  const int64_t chunk = (K + splits - 1) / splits;
-  return (chunk + BK - 1) / BK * BK;
+  splits = std::min(splits, std::max<int64_t>(1, op.K / 512));
+  int64_t chunk = (op.K + splits - 1) / splits;
+  chunk = (chunk + BK - 1) / BK * BK;
+  return {chunk, (op.K + chunk - 1) / chunk};
 }
 
 // ---------------------------------------------------------------- the tile steps
@@ -319,17 +325,16 @@ void conv2d_backward_input(float* dx, const float* dy, const float* w, const Con
 void conv2d_backward_weight(float* dw, float* db, const float* dy, const float* x,
                             const Conv2dParams& p, cudaStream_t stream) {
   conv::BackwardWeightOp op = conv::make_backward_weight(p, dw, dy, x);
-  const int64_t tiles = ceil_div(op.M, conv::BM) * ceil_div(op.N, conv::BN) * p.G;
-  const int64_t chunk = conv::weight_grad_chunk(tiles, op.K);
-  const int64_t splits = std::max<int64_t>(1, ceil_div(op.K, chunk));
+  const conv::SplitPlan plan = conv::weight_grad_plan(op);
   const int64_t total = p.OC * op.N;  // elements of dw
-  if (splits == 1) {
-    conv::launch_igemm(op, p.G, 1, chunk, stream);  // N = 0 too: the tiles store zeros
+  if (plan.splits == 1) {
+    conv::launch_igemm(op, p.G, 1, plan.chunk, stream);  // N = 0 too: the tiles store zeros
   } else {
-    Scratch partial(sizeof(float) * static_cast<size_t>(splits * total), stream);
+    Scratch partial(sizeof(float) * static_cast<size_t>(plan.splits * total), stream);
     op.out = partial.as<float>();
-    conv::launch_igemm(op, p.G, splits, chunk, stream);
-    conv::fold_partials_kernel<<<grid_for(total), kThreads, 0, stream>>>(dw, op.out, total, splits);
+    conv::launch_igemm(op, p.G, plan.splits, plan.chunk, stream);
+    conv::fold_partials_kernel<<<grid_for(total), kThreads, 0, stream>>>(dw, op.out, total,
+                                                                         plan.splits);
     DK_CUDA_CHECK_LAUNCH();
   }
   if (db && p.OC > 0) {
