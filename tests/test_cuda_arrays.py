@@ -5,6 +5,8 @@ checked here happens before any CUDA call, so it runs on every machine. The kern
 themselves are tested in test_cuda.py (GPU) and test_cuda_host.py (their math on the CPU).
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -264,3 +266,144 @@ def test_binding_with_pointers_that_are_not_gpu_memory_raises():
 def test_empty_arrays_launch_nothing():
     cu = _cuda_module()
     cu.relu_forward(FakeCupy((0, 3), ptr=0), FakeCupy((0, 3), ptr=0), 0)  # no pointer query, no launch
+
+
+# ---------------------------------------------------------------- the Python -> C++ contract
+
+class HostArray:
+    """A 'CuPy array' backed by NumPy memory: real shapes and pointers, but host memory."""
+
+    __module__ = "cupy"
+
+    def __init__(self, a):
+        self.a = a
+        self.shape, self.ndim, self.dtype, self.device = a.shape, a.ndim, a.dtype, _Dev(0)
+
+    @property
+    def __cuda_array_interface__(self):
+        a = self.a
+        return dict(shape=a.shape, typestr=a.dtype.str, data=(a.ctypes.data, False),
+                    strides=None if a.flags.c_contiguous else a.strides, version=3, stream=1)
+
+    def reshape(self, shape):
+        return HostArray(self.a.reshape(shape))
+
+    def __getitem__(self, i):
+        return HostArray(self.a[i])
+
+
+@pytest.fixture
+def fake_cupy_backend(monkeypatch):
+    """The real _cuda_backend and _cuda module, with a fake 'cupy' that allocates host memory."""
+    _cuda_module()
+    import sys
+    import types
+    from deepkern import _cuda_backend
+
+    class Device:
+        def __init__(self, i):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    fake = types.ModuleType("cupy")
+    fake.empty = lambda shape, dtype: HostArray(np.empty(shape, dtype))
+    fake.ones = lambda shape, dtype: HostArray(np.ones(shape, dtype))
+    fake.array = lambda a, copy, order: HostArray(np.array(a.a, copy=True, order=order))
+    fake.ascontiguousarray = lambda a: HostArray(np.ascontiguousarray(a.a))
+    fake.cuda = types.SimpleNamespace(Device=Device,
+                                      get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_backend, "_cuda_state", {"module": _cuda_backend, "reason": None})
+    probe = BindingProbe(_cuda_backend._cuda)
+    monkeypatch.setattr(_cuda_backend, "_cuda", probe)
+    return probe
+
+
+class BindingProbe:
+    """Stands in for _cuda: calls the real binding, which must get through every argument
+    check and stop only at the device check (host memory is not GPU memory, or there is no
+    driver); records the calls that did."""
+
+    DEVICE_CHECK = re.compile("cannot query its pointer|not in GPU memory")
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        def call(*args):
+            try:
+                fn(*args)
+            except (RuntimeError, ValueError) as e:
+                if not self.DEVICE_CHECK.search(str(e)):
+                    raise
+            self.calls.append(name)
+        return call
+
+
+def _h(shape, dtype=np.float32, fill=None):
+    a = np.ones(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+    return HostArray(a)
+
+
+OPS = {
+    "conv2d": lambda: F.conv2d(_h((2, 4, 9, 9)), _h((6, 2, 3, 3)), _h((6,)), stride=2, padding=1,
+                               dilation=(1, 2), groups=2),
+    "conv2d_backward": lambda: F.conv2d_backward(_h((2, 6, 5, 4)), _h((2, 4, 9, 9)), _h((6, 2, 3, 3)),
+                                                 stride=2, padding=1, dilation=(1, 2), groups=2),
+    "max_pool2d": lambda: F.max_pool2d(_h((2, 3, 7, 7)), 3, 2, 1, dilation=1, ceil_mode=True),
+    "max_pool2d_backward": lambda: F.max_pool2d_backward(_h((2, 3, 4, 4)), _h((2, 3, 4, 4), np.int64, 0),
+                                                         (2, 3, 7, 7)),
+    "avg_pool2d": lambda: F.avg_pool2d(_h((2, 3, 7, 7)), 3, 2, 1, ceil_mode=True,
+                                       count_include_pad=False),
+    "avg_pool2d_backward": lambda: F.avg_pool2d_backward(_h((2, 3, 4, 4)), (2, 3, 7, 7), 3, 2, 1,
+                                                         ceil_mode=True),
+    "batch_norm train": lambda: F.batch_norm(_h((4, 3, 5, 5)), _h((3,)), _h((3,)), _h((3,), fill=0),
+                                             _h((3,)), True),
+    "batch_norm eval": lambda: F.batch_norm(_h((4, 3)), None, None, _h((3,), fill=0), _h((3,)), False),
+    "batch_norm_backward": lambda: F.batch_norm_backward(_h((4, 3, 5, 5)), _h((4, 3, 5, 5)), _h((3,)),
+                                                         _h((3,)), _h((3,)), True),
+    "dropout": lambda: F.dropout(_h((5, 7)), 0.3, seed=1),
+    "dropout_backward": lambda: F.dropout_backward(_h((5, 7)), _h((5, 7), np.uint8), 0.3),
+    "relu": lambda: F.relu(_h((5, 7))),
+    "relu_backward": lambda: F.relu_backward(_h((5, 7)), _h((5, 7))),
+}
+
+
+BINDINGS = {
+    "conv2d": ["conv2d_forward"],
+    "conv2d_backward": ["conv2d_backward_input", "conv2d_backward_weight"],
+    "max_pool2d": ["max_pool2d_forward"], "max_pool2d_backward": ["max_pool2d_backward"],
+    "avg_pool2d": ["avg_pool2d_forward"], "avg_pool2d_backward": ["avg_pool2d_backward"],
+    "batch_norm train": ["batch_norm_forward"], "batch_norm eval": ["batch_norm_forward"],
+    "batch_norm_backward": ["batch_norm_backward"], "dropout": ["dropout_forward"],
+    "dropout_backward": ["dropout_backward"], "relu": ["relu_forward"],
+    "relu_backward": ["relu_backward"],
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_backend_calls_pass_every_binding_check(fake_cupy_backend, op):
+    """Every binding call of each op gets through the binding's checks to its device check:
+    arguments in the order, shapes and dtypes the binding wants (a swap of differently shaped
+    or typed arrays fails a check; a swap of two same-shaped inputs cannot be seen here)."""
+    OPS[op]()
+    assert fake_cupy_backend.calls == BINDINGS[op]
+
+
+def test_backend_rejects_float64_before_the_binding(fake_cupy_backend):
+    with pytest.raises(TypeError, match="float64 on the cuda backend"):
+        F.relu(_h((2, 3), np.float64))
+
+
+def test_dropout_identity_path_returns_library_arrays(fake_cupy_backend):
+    x = _h((3, 4), fill=2.5)
+    y, mask = F.dropout(x, 0.5, training=False)
+    assert isinstance(y, HostArray) and isinstance(mask, HostArray) and y.a is not x.a
+    assert (y.a == 2.5).all() and mask.a.dtype == np.uint8 and (mask.a == 1).all()
