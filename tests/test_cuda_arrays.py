@@ -243,6 +243,10 @@ def test_binding_checks_arguments_before_touching_cuda():
         cu.relu_forward(y, FakeCupy((2, 3), strides=(4, 8)), 0)
     with pytest.raises(TypeError, match="must be a CUDA array"):
         cu.relu_forward(y, np.ones((2, 3), np.float32), 0)
+    broken = FakeCupy((2, 3))
+    del broken.__cuda_array_interface__["shape"]
+    with pytest.raises(TypeError, match="x.__cuda_array_interface__ is malformed"):
+        cu.relu_forward(y, broken, 0)
     with pytest.raises(ValueError, match="indices has shape"):
         cu.max_pool2d_backward(FakeCupy((1, 1, 4, 4)), FakeCupy((1, 1, 2, 2)),
                                FakeCupy((1, 1, 3, 3), "<i8"), 0)

@@ -77,6 +77,8 @@ std::string dtype_name(const std::string& t) {
   return "'" + t + "'";
 }
 
+DevArray parse_cai(const py::dict& cai, const char* name);
+
 // Parse the interface (v2 or v3): shape, typestr, data = (ptr, readonly), strides (None means
 // C-contiguous; explicit strides must describe C order), no mask.
 DevArray read_cai(const py::handle& obj, const char* name) {
@@ -87,24 +89,33 @@ DevArray read_cai(const py::handle& obj, const char* name) {
   const py::object cai_obj = obj.attr("__cuda_array_interface__");
   if (!py::isinstance<py::dict>(cai_obj))
     throw py::type_error(str_cat(name, ".__cuda_array_interface__ is not a dict"));
-  const py::dict cai = cai_obj.cast<py::dict>();
+  try {
+    return parse_cai(cai_obj.cast<py::dict>(), name);
+  } catch (py::error_already_set& e) {  // a missing key, a non-integer where one is needed
+    throw py::type_error(str_cat(name, ".__cuda_array_interface__ is malformed: ", e.what()));
+  } catch (py::cast_error& e) {
+    throw py::type_error(str_cat(name, ".__cuda_array_interface__ is malformed: ", e.what()));
+  }
+}
+
+DevArray parse_cai(const py::dict& cai, const char* name) {
   DevArray a;
   a.name = name;
-  for (const py::handle& d : cai["shape"].cast<py::tuple>()) {
+  for (const py::handle& d : cai["shape"].cast<py::sequence>()) {
     const int64_t v = d.cast<int64_t>();
     DK_CHECK(v >= 0, name, ": negative dimension in __cuda_array_interface__");
     a.shape.push_back(v);
     a.size *= v;
   }
   a.typestr = cai["typestr"].cast<std::string>();
-  const py::tuple data = cai["data"].cast<py::tuple>();
+  const py::sequence data = cai["data"].cast<py::sequence>();
   DK_CHECK(data.size() == 2, name, ": __cuda_array_interface__['data'] must be (pointer, read_only)");
-  a.ptr = data[0].cast<uintptr_t>();
+  a.ptr = data[0].is_none() ? 0 : data[0].cast<uintptr_t>();
   a.readonly = data[1].cast<bool>();
   if (cai.contains("mask") && !cai["mask"].is_none())
     throw py::type_error(str_cat(name, ": masked CUDA arrays are not supported"));
   if (cai.contains("strides") && !cai["strides"].is_none() && a.size > 0) {
-    const py::tuple strides = cai["strides"].cast<py::tuple>();
+    const py::sequence strides = cai["strides"].cast<py::sequence>();
     DK_CHECK(static_cast<int64_t>(strides.size()) == a.ndim(), name, ": strides do not match the shape");
     const int64_t itemsize = a.typestr.size() > 2 ? std::stoll(a.typestr.substr(2)) : 1;
     int64_t expect = itemsize;

@@ -69,14 +69,30 @@ class DeviceGuard {
 
 // Stream-ordered scratch memory (partial sums of the deterministic reductions): allocated on
 // `stream` and freed on `stream` when the object goes out of scope, so the memory is released
-// only after the kernels queued before the free have run. No host synchronization.
+// only after the kernels queued before the free have run. No host synchronization. Where the
+// device or driver has no stream-ordered allocator (cudaErrorNotSupported), plain cudaMalloc,
+// and the free waits for the stream first.
 class Scratch {
  public:
   Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes) DK_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+    if (!bytes) return;
+    const cudaError_t err = cudaMallocAsync(&ptr_, bytes, stream);
+    if (err == cudaErrorNotSupported) {
+      cudaGetLastError();
+      async_ = false;
+      DK_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+      return;
+    }
+    DK_CUDA_CHECK(err);
   }
   ~Scratch() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
+    if (!ptr_) return;
+    if (async_) {
+      cudaFreeAsync(ptr_, stream_);
+    } else {
+      cudaStreamSynchronize(stream_);
+      cudaFree(ptr_);
+    }
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -88,6 +104,7 @@ class Scratch {
  private:
   void* ptr_ = nullptr;
   cudaStream_t stream_;
+  bool async_ = true;
 };
 
 }  // namespace dk::cuda
