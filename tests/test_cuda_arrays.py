@@ -281,7 +281,9 @@ class HostArray:
 
     def __init__(self, a):
         self.a = a
-        self.shape, self.ndim, self.dtype, self.device = a.shape, a.ndim, a.dtype, _Dev(0)
+        self.shape, self.ndim, self.device = a.shape, a.ndim, _Dev(0)
+        # not a NumPy dtype (like torch.float32): deepkern must read the dtype from the CAI
+        self.dtype = object()
 
     @property
     def __cuda_array_interface__(self):

@@ -68,7 +68,7 @@ def _conv_args(x, weight, stride, padding, dilation, groups):
         raise ValueError(f"Calculated padded input size per channel: ({H + 2 * p[0]} x {W + 2 * p[1]}). "
                          f"Kernel size: ({ekh} x {ekw}). Kernel size can't be greater than actual input size")
     OH, OW = window_out_size(H, KH, s[0], p[0], d[0]), window_out_size(W, KW, s[1], p[1], d[1])
-    V.check_numel((N, OC, OH, OW), x.dtype, "conv2d output")
+    V.check_numel((N, OC, OH, OW), V.dtype_of(x), "conv2d output")
     return s, p, d, g, (N, OC, OH, OW)
 
 
