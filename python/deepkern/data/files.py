@@ -138,16 +138,19 @@ def load_npz(path, x_key="x", y_key="y"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
+    # We open the file ourselves so that it is closed on every error (np.load leaves its own
+    # file handle open when the zip directory is damaged).
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: a single .npy array, expected an .npz archive with '{x_key}' and '{y_key}'")
-        with z:
-            missing = [k for k in (x_key, y_key) if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)}; "
-                                 f"the file holds {z.files}")
-            x, y = z[x_key], z[y_key]
+        with open(path, "rb") as f:
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path}: a single .npy array, expected an .npz archive with '{x_key}' and '{y_key}'")
+            with z:
+                missing = [k for k in (x_key, y_key) if k not in z.files]
+                if missing:
+                    raise ValueError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)}; "
+                                     f"the file holds {z.files}")
+                x, y = z[x_key], z[y_key]
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from e
     except ValueError as e:

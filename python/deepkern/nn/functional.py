@@ -98,6 +98,9 @@ def _targets_matrix(logits, targets, weight, ignore_index, eps):
         w = None
 
     if tdt.kind == "f":                                    # class probabilities
+        if targets.ndim == 1:
+            raise TypeError(f"cross_entropy: targets of shape (N,) must be integer class indices, got {tdt.name} "
+                            "(class probabilities have the logits' shape (N, C))")
         if tdt != dt:
             raise TypeError(f"cross_entropy: probability targets are {tdt.name} but logits are {dt.name}")
         if tuple(targets.shape) != (N, C):

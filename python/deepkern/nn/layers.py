@@ -62,9 +62,39 @@ def _add_grad(p, g):
             p.grad += g
 
 
+def _contiguous(a):
+    """A C-contiguous NumPy array: what the backend functions take without conversion."""
+    return type(a) is np.ndarray and a.flags.c_contiguous
+
+
 def _fastable(a):
-    """A 4-D C-contiguous NumPy array: what the backend functions take without conversion."""
+    """A 4-D C-contiguous NumPy array (conv and pools also take 3-D input, which only the
+    public functions turn into 4-D)."""
     return type(a) is np.ndarray and a.ndim == 4 and a.flags.c_contiguous
+
+
+def _run(layer, slot, key, op, *args):
+    """``deepkern.functional.<op>(*args)``, validated once per key (the fast path).
+
+    The public function, which validates everything, runs the first time and whenever
+    ``key`` differs from the key stored in ``layer.<slot>``; while it stays the same, the
+    backend function of the same name runs directly (``functional._unchecked``). A key holds
+    everything the validation looked at: shapes, dtypes, the identity of the parameter
+    arrays, the arguments. ``key`` None (an input the fast path does not take): always the
+    public function.
+    """
+    if key is not None and key == getattr(layer, slot):
+        return getattr(F._unchecked(args[0]), op)(*args)
+    out = getattr(F, op)(*args)
+    object.__setattr__(layer, slot, key)
+    return out
+
+
+def _grad_key(layer, g):
+    """The backward key: grad_out's shape and dtype, and the forward's key (None when either
+    the forward input or grad_out cannot take the fast path)."""
+    fkey = layer._fkey
+    return (g.shape, g.dtype, fkey) if fkey is not None and _contiguous(g) else None
 
 
 def _no_forward(layer):
@@ -162,11 +192,7 @@ class Conv2d(Module):
         b = None if self.bias is None else self.bias.data
         args = self._conv_args()
         key = (x.shape, x.dtype, id(w), id(b), args) if _fastable(x) else None
-        if key is not None and key == self._fkey:
-            y = F._unchecked(x).conv2d(x, w, b, *args)
-        else:
-            y = F.conv2d(x, w, b, *args)
-            self._fkey, self._bkey = key, None
+        y = _run(self, "_fkey", key, "conv2d", x, w, b, *args)
         self._x, self._w, self._fargs = x, w, args
         return y
 
@@ -176,13 +202,8 @@ class Conv2d(Module):
             raise _no_forward(self)
         has_bias = self.bias is not None
         args = self._fargs
-        g = grad_out
-        key = (g.shape, g.dtype, self._fkey) if self._fkey is not None and _fastable(g) else None
-        if key is not None and key == self._bkey:
-            gx, gw, gb = F._unchecked(x).conv2d_backward(g, x, w, *args, has_bias)
-        else:
-            gx, gw, gb = F.conv2d_backward(g, x, w, *args, bias=has_bias)
-            self._bkey = key
+        gx, gw, gb = _run(self, "_bkey", _grad_key(self, grad_out), "conv2d_backward", grad_out, x, w, *args,
+                          has_bias)
         _add_grad(self.weight, gw)
         if has_bias:
             _add_grad(self.bias, gb)
@@ -245,11 +266,7 @@ class MaxPool2d(Module):
     def forward(self, x):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
-        if key is not None and key == self._fkey:
-            y, idx = F._unchecked(x).max_pool2d(x, *args)
-        else:
-            y, idx = F.max_pool2d(x, *args)
-            self._fkey, self._bkey = key, None
+        y, idx = _run(self, "_fkey", key, "max_pool2d", x, *args)
         self._x_shape, self._idx = x.shape, idx
         return (y, idx) if self.return_indices else y
 
@@ -257,13 +274,7 @@ class MaxPool2d(Module):
         idx = self._idx
         if idx is None:
             raise _no_forward(self)
-        g = grad_out
-        key = (g.shape, g.dtype, self._fkey) if self._fkey is not None and _fastable(g) else None
-        if key is not None and key == self._bkey:
-            return F._unchecked(g).max_pool2d_backward(g, idx, self._x_shape)
-        gx = F.max_pool2d_backward(g, idx, self._x_shape)
-        self._bkey = key
-        return gx
+        return _run(self, "_bkey", _grad_key(self, grad_out), "max_pool2d_backward", grad_out, idx, self._x_shape)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -306,25 +317,15 @@ class AvgPool2d(Module):
     def forward(self, x):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
-        if key is not None and key == self._fkey:
-            y = F._unchecked(x).avg_pool2d(x, *args)
-        else:
-            y = F.avg_pool2d(x, *args)
-            self._fkey, self._bkey = key, None
+        y = _run(self, "_fkey", key, "avg_pool2d", x, *args)
         self._x_shape, self._fargs = x.shape, args
         return y
 
     def backward(self, grad_out):
         if self._x_shape is None:
             raise _no_forward(self)
-        args = self._fargs
-        g = grad_out
-        key = (g.shape, g.dtype, self._fkey) if self._fkey is not None and _fastable(g) else None
-        if key is not None and key == self._bkey:
-            return F._unchecked(g).avg_pool2d_backward(g, self._x_shape, *args)
-        gx = F.avg_pool2d_backward(g, self._x_shape, *args)
-        self._bkey = key
-        return gx
+        return _run(self, "_bkey", _grad_key(self, grad_out), "avg_pool2d_backward", grad_out, self._x_shape,
+                    *self._fargs)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -395,15 +396,11 @@ class _BatchNorm(Module):
         b = None if self.bias is None else self.bias.data
         rm = None if use_batch and not self.track_running_stats else self.running_mean
         rv = None if rm is None else self.running_var
-        if type(x) is np.ndarray and x.flags.c_contiguous:
+        if _contiguous(x):
             key = (x.shape, x.dtype, id(w), id(b), id(rm), id(rv), use_batch, self.momentum, self.eps)
         else:
             key = None
-        if key is not None and key == self._fkey:
-            y, mean, invstd = F._unchecked(x).batch_norm(x, w, b, rm, rv, use_batch, momentum, self.eps)
-        else:
-            y, mean, invstd = F.batch_norm(x, w, b, rm, rv, use_batch, momentum, self.eps)
-            self._fkey, self._bkey = key, None
+        y, mean, invstd = _run(self, "_fkey", key, "batch_norm", x, w, b, rm, rv, use_batch, momentum, self.eps)
         self._x, self._stats = x, (w, mean, invstd, use_batch)
         return y.reshape(self._in_shape) if self._in_shape is not None else y
 
@@ -413,13 +410,7 @@ class _BatchNorm(Module):
             raise _no_forward(self)
         w, mean, invstd, use_batch = self._stats
         g = grad_out if self._in_shape is None else grad_out.reshape(x.shape)
-        ok = self._fkey is not None and type(g) is np.ndarray and g.flags.c_contiguous
-        key = (g.shape, g.dtype, self._fkey) if ok else None
-        if key is not None and key == self._bkey:
-            gx, gw, gb = F._unchecked(x).batch_norm_backward(g, x, w, mean, invstd, use_batch)
-        else:
-            gx, gw, gb = F.batch_norm_backward(g, x, w, mean, invstd, use_batch)
-            self._bkey = key
+        gx, gw, gb = _run(self, "_bkey", _grad_key(self, g), "batch_norm_backward", g, x, w, mean, invstd, use_batch)
         if w is not None:
             _add_grad(self.weight, gw)
             _add_grad(self.bias, gb)
@@ -488,19 +479,15 @@ class Dropout(Module):
         self.inplace = V.as_bool(inplace, "inplace")
         self._mask = None
         self._p_used = p
-        self._fkey = None
+        self._fkey = self._bkey = None
 
     def forward(self, x):
         p = self.p
         if not self.training or p == 0.0:
             self._mask = None
             return x
-        key = x.dtype if type(x) is np.ndarray and x.flags.c_contiguous else None
-        if key is not None and key == self._fkey and 0.0 < p <= 1.0:
-            y, mask = F._unchecked(x).dropout(x, p, True, _next_seed())
-        else:
-            y, mask = F.dropout(x, p, True)
-            self._fkey = key
+        key = (x.shape, x.dtype, p) if _contiguous(x) else None
+        y, mask = _run(self, "_fkey", key, "dropout", x, p, True, _next_seed())
         self._mask, self._p_used = mask, p
         return y
 
@@ -508,10 +495,7 @@ class Dropout(Module):
         mask = self._mask
         if mask is None:
             return grad_out
-        g = grad_out
-        if type(g) is np.ndarray and g.flags.c_contiguous and g.shape == mask.shape and g.dtype == self._fkey:
-            return F._unchecked(g).dropout_backward(g, mask, self._p_used)
-        return F.dropout_backward(g, mask, self._p_used)
+        return _run(self, "_bkey", _grad_key(self, grad_out), "dropout_backward", grad_out, mask, self._p_used)
 
     def extra_repr(self):
         return f"p={self.p}, inplace={self.inplace}"
@@ -524,27 +508,17 @@ class ReLU(Module):
         super().__init__()
         self.inplace = V.as_bool(inplace, "inplace")
         self._y = None
-        self._fkey = None
+        self._fkey = self._bkey = None
 
     def forward(self, x):
-        key = x.dtype if type(x) is np.ndarray and x.flags.c_contiguous else None
-        if key is not None and key == self._fkey:
-            y = F._unchecked(x).relu(x)
-        else:
-            y = F.relu(x)
-            self._fkey = key
-        self._y = y
+        self._y = y = _run(self, "_fkey", (x.shape, x.dtype) if _contiguous(x) else None, "relu", x)
         return y
 
     def backward(self, grad_out):
         y = self._y
         if y is None:
             raise _no_forward(self)
-        g = grad_out
-        if (self._fkey is not None and type(g) is np.ndarray and g.flags.c_contiguous
-                and g.shape == y.shape and g.dtype == y.dtype):
-            return F._unchecked(g).relu_backward(g, y)
-        return F.relu_backward(g, y)
+        return _run(self, "_bkey", _grad_key(self, grad_out), "relu_backward", grad_out, y)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""

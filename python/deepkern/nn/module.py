@@ -182,30 +182,29 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_parameters(self, prefix="", recurse=True):
-        """(name, Parameter) pairs, each Parameter once (shared ones under their first name)."""
+    def _named_members(self, registry, prefix, recurse):
+        """(name, object) of every non-None entry of each module's ``registry`` dict, each
+        object once (an object shared by two modules is listed under its first name)."""
         seen = set()
         mods = self.named_modules(prefix) if recurse else [(prefix, self)]
         for mname, m in mods:
-            for k, p in m._parameters.items():
-                if p is None or id(p) in seen:
+            for k, v in getattr(m, registry).items():
+                if v is None or id(v) in seen:
                     continue
-                seen.add(id(p))
-                yield (f"{mname}.{k}" if mname else k), p
+                seen.add(id(v))
+                yield (f"{mname}.{k}" if mname else k), v
+
+    def named_parameters(self, prefix="", recurse=True):
+        """(name, Parameter) pairs, each Parameter once (shared ones under their first name)."""
+        return self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse=True):
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix="", recurse=True):
-        seen = set()
-        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
-        for mname, m in mods:
-            for k, b in m._buffers.items():
-                if b is None or id(b) in seen:
-                    continue
-                seen.add(id(b))
-                yield (f"{mname}.{k}" if mname else k), b
+        """(name, array) pairs of the buffers (running statistics), each array once."""
+        return self._named_members("_buffers", prefix, recurse)
 
     def buffers(self, recurse=True):
         for _, b in self.named_buffers(recurse=recurse):
@@ -274,6 +273,26 @@ class Module:
 
     # ------------------------------------------------------------------ state
 
+    def _state_modules(self, prefix=""):
+        """(prefix, module) for every module of the tree, a shared module under each of its
+        names (as PyTorch's state_dict, which lists a shared layer once per place it is used)."""
+        yield prefix, self
+        for k, m in self._modules.items():
+            if m is not None:
+                yield from m._state_modules(f"{prefix}{k}.")
+
+    def _state_arrays(self):
+        """name -> the module's own array, for every parameter and persistent buffer."""
+        out = OrderedDict()
+        for pre, m in self._state_modules():
+            for k, p in m._parameters.items():
+                if p is not None:
+                    out[pre + k] = p.data
+            for k, b in m._buffers.items():
+                if b is not None and k not in m._non_persistent:
+                    out[pre + k] = b
+        return out
+
     def state_dict(self, copy=False):
         """An ordered dict name -> array of every parameter and persistent buffer.
 
@@ -281,29 +300,11 @@ class Module:
         The arrays are the module's own (as in PyTorch): later training changes them, so
         pass ``copy=True`` (a deepkern addition) to keep a snapshot, e.g. the best model.
         """
-        out = OrderedDict()
-        for mname, m in self.named_modules():
-            pre = f"{mname}." if mname else ""
-            for k, p in m._parameters.items():
-                if p is not None:
-                    out[pre + k] = p.data.copy() if copy else p.data
-            for k, b in m._buffers.items():
-                if b is not None and k not in m._non_persistent:
-                    out[pre + k] = b.copy() if copy else b
+        out = self._state_arrays()
+        if copy:
+            for k, v in out.items():
+                out[k] = v.copy()
         return out
-
-    def _state_targets(self):
-        """name -> (owner, attribute, current array): where load_state_dict writes."""
-        targets = OrderedDict()
-        for mname, m in self.named_modules():
-            pre = f"{mname}." if mname else ""
-            for k, p in m._parameters.items():
-                if p is not None:
-                    targets[pre + k] = p.data
-            for k, b in m._buffers.items():
-                if b is not None and k not in m._non_persistent:
-                    targets[pre + k] = b
-        return targets
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays from ``state_dict`` into this module's parameters and buffers, in place.
@@ -321,7 +322,7 @@ class Module:
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"expected state_dict to be a dict-like, got {type(state_dict).__name__}")
         strict = V.as_bool(strict, "strict")
-        targets = self._state_targets()
+        targets = self._state_arrays()
         keys = list(state_dict.keys())
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in keys if k not in targets]
@@ -418,7 +419,7 @@ class Sequential(Module):
         """Replace the module at position idx (e.g. a new head: ``model[-1] = Linear(128, 5)``)."""
         if not isinstance(module, Module):
             raise TypeError(f"Sequential: {type(module).__name__} is not a Module")
-        self[idx]                                   # the same index checks as reading
+        _ = self[idx]                               # the same index checks as reading
         name = list(self._modules)[idx]
         setattr(self, name, module)
 
