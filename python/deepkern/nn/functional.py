@@ -143,8 +143,40 @@ def _targets_matrix(logits, targets, weight, ignore_index, eps):
     return a, denom
 
 
+def _plain_indices(logits, targets, weight, reduction):
+    """True for the common case that _forward_indices computes: class indices, all in
+    [0, C), no class weights, a reduction to a number (two reductions to check)."""
+    if weight is not None or reduction == "none" or type(logits) is not np.ndarray or type(targets) is not np.ndarray:
+        return False
+    if logits.dtype not in V.FLOAT_DTYPES or logits.ndim != 2 or targets.dtype.kind not in "iu":
+        return False
+    N, C = logits.shape
+    return targets.shape == (N,) and N > 0 and C > 0 and targets.min() >= 0 and targets.max() < C
+
+
+def _forward_indices(logits, y, reduction, eps):
+    """The common case without the (N, C) target matrix: with s = z - max(z) per row and
+    lse = log(sum(exp(s))), log p = s - lse and the target distribution sums to 1, so
+
+        loss[n] = lse[n] - (1 - eps) * s[n, y[n]] - eps / C * sum_c s[n, c]
+
+    and the gradient is p - (1 - eps) * onehot(y) - eps / C, times 1/N for 'mean'."""
+    N, C = logits.shape
+    s = logits - logits.max(axis=1, keepdims=True)                  # every exp() <= 1
+    e = np.exp(s)
+    se = e.sum(axis=1, keepdims=True)
+    rows = np.arange(N)
+    total = float(np.log(se).sum(dtype=np.float64)) - (1.0 - eps) * float(s[rows, y].sum(dtype=np.float64))
+    if eps:
+        total -= eps / C * float(s.sum(dtype=np.float64))
+    scale = 1.0 / N if reduction == "mean" else 1.0
+    return total * scale, ("indices", e, se, y, eps, scale)
+
+
 def _forward(logits, targets, weight, ignore_index, reduction, eps):
-    """loss (float, or (N,) array for 'none') and what the backward needs: (p, a, scale)."""
+    """loss (float, or (N,) array for 'none') and what the backward needs."""
+    if _plain_indices(logits, targets, weight, reduction):
+        return _forward_indices(logits, targets, reduction, eps)
     a, denom = _targets_matrix(logits, targets, weight, ignore_index, eps)
     xp = array_module(logits)
     s = logits - logits.max(axis=1, keepdims=True)                  # every exp() <= 1
@@ -153,18 +185,27 @@ def _forward(logits, targets, weight, ignore_index, reduction, eps):
     logp = s - xp.log(se)
     per_row = -(a * logp).sum(axis=1)                               # loss[n], logits' dtype
     if reduction == "none":
-        return per_row, (e / se, a, None)
+        return per_row, ("dense", e / se, a, None)
     total = float(per_row.sum(dtype=np.float64))
     if reduction == "sum":
-        return total, (e / se, a, 1.0)
+        return total, ("dense", e / se, a, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):            # every row ignored: NaN, as PyTorch
         loss = total / denom if denom else float("nan")
-    return loss, (e / se, a, 1.0 / denom if denom else float("nan"))
+    return loss, ("dense", e / se, a, 1.0 / denom if denom else float("nan"))
 
 
 def _backward(saved, grad_output):
     """d loss / d logits = (p * sum_c a - a) * scale * grad_output (see the module doc)."""
-    p, a, scale = saved
+    if saved[0] == "indices":                                       # see _forward_indices
+        _, e, se, y, eps, scale = saved
+        g = e / se
+        if eps:
+            g -= g.dtype.type(eps / g.shape[1])
+        g[np.arange(len(y)), y] -= g.dtype.type(1.0 - eps)
+        go = 1.0 if grad_output is None else V.as_float(grad_output, "grad_output")
+        g *= g.dtype.type(scale * go)
+        return g
+    _, p, a, scale = saved
     xp = array_module(p)
     g = p * a.sum(axis=1, keepdims=True)
     g -= a

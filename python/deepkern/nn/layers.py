@@ -154,7 +154,7 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
-        self._x = self._w = None
+        self._saved = None                      # (x, weight, args) of the last forward
         self._fkey = self._bkey = None
 
     def _numeric_padding(self, padding):
@@ -193,15 +193,14 @@ class Conv2d(Module):
         args = self._conv_args()
         key = (x.shape, x.dtype, id(w), id(b), args) if _fastable(x) else None
         y = _run(self, "_fkey", key, "conv2d", x, w, b, *args)
-        self._x, self._w, self._fargs = x, w, args
+        self._saved = (x, w, args)
         return y
 
     def backward(self, grad_out):
-        x, w = self._x, self._w
-        if x is None:
+        if self._saved is None:
             raise _no_forward(self)
+        x, w, args = self._saved
         has_bias = self.bias is not None
-        args = self._fargs
         gx, gw, gb = _run(self, "_bkey", _grad_key(self, grad_out), "conv2d_backward", grad_out, x, w, *args,
                           has_bias)
         _add_grad(self.weight, gw)
@@ -246,7 +245,7 @@ class MaxPool2d(Module):
         self.ceil_mode = V.as_bool(ceil_mode, "ceil_mode")
         self._raw = None
         self._pool_args()
-        self._x_shape = self._idx = None
+        self._saved = None                      # (input shape, indices) of the last forward
         self._fkey = self._bkey = None
 
     def _pool_args(self):
@@ -267,14 +266,14 @@ class MaxPool2d(Module):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
         y, idx = _run(self, "_fkey", key, "max_pool2d", x, *args)
-        self._x_shape, self._idx = x.shape, idx
+        self._saved = (x.shape, idx)
         return (y, idx) if self.return_indices else y
 
     def backward(self, grad_out):
-        idx = self._idx
-        if idx is None:
+        if self._saved is None:
             raise _no_forward(self)
-        return _run(self, "_bkey", _grad_key(self, grad_out), "max_pool2d_backward", grad_out, idx, self._x_shape)
+        x_shape, idx = self._saved
+        return _run(self, "_bkey", _grad_key(self, grad_out), "max_pool2d_backward", grad_out, idx, x_shape)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -301,7 +300,7 @@ class AvgPool2d(Module):
         self.divisor_override = None
         self._raw = None
         self._pool_args()
-        self._x_shape = None
+        self._saved = None                      # (input shape, args) of the last forward
         self._fkey = self._bkey = None
 
     def _pool_args(self):
@@ -318,14 +317,14 @@ class AvgPool2d(Module):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
         y = _run(self, "_fkey", key, "avg_pool2d", x, *args)
-        self._x_shape, self._fargs = x.shape, args
+        self._saved = (x.shape, args)
         return y
 
     def backward(self, grad_out):
-        if self._x_shape is None:
+        if self._saved is None:
             raise _no_forward(self)
-        return _run(self, "_bkey", _grad_key(self, grad_out), "avg_pool2d_backward", grad_out, self._x_shape,
-                    *self._fargs)
+        x_shape, args = self._saved
+        return _run(self, "_bkey", _grad_key(self, grad_out), "avg_pool2d_backward", grad_out, x_shape, *args)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -364,7 +363,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
-        self._x = self._stats = None
+        self._saved = None      # (x, weight, mean, invstd, use_batch, input shape) of the last forward
         self._fkey = self._bkey = None
 
     def reset_running_stats(self):
@@ -380,16 +379,18 @@ class _BatchNorm(Module):
             init.zeros_(self.bias)
 
     def _as_2d_or_4d(self, x):
-        return x
+        """(x as the (N, C) or (N, C, H, W) array batch_norm takes, x's shape to restore or None)."""
+        raise NotImplementedError
 
     def forward(self, x):
-        x = self._as_2d_or_4d(x)
+        x, in_shape = self._as_2d_or_4d(x)
         # PyTorch's rule: batch statistics in training, and also in eval when no running
         # statistics are tracked; the running statistics move only in training.
         use_batch = self.training or self.running_mean is None
         if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            count = int(self.num_batches_tracked) + 1
+            self.num_batches_tracked[()] = count                # in place: the buffer stays the same array
+            momentum = 1.0 / count if self.momentum is None else self.momentum
         else:
             momentum = 0.0 if self.momentum is None else self.momentum
         w = None if self.weight is None else self.weight.data
@@ -401,20 +402,19 @@ class _BatchNorm(Module):
         else:
             key = None
         y, mean, invstd = _run(self, "_fkey", key, "batch_norm", x, w, b, rm, rv, use_batch, momentum, self.eps)
-        self._x, self._stats = x, (w, mean, invstd, use_batch)
-        return y.reshape(self._in_shape) if self._in_shape is not None else y
+        self._saved = (x, w, mean, invstd, use_batch, in_shape)
+        return y if in_shape is None else y.reshape(in_shape)
 
     def backward(self, grad_out):
-        x = self._x
-        if x is None:
+        if self._saved is None:
             raise _no_forward(self)
-        w, mean, invstd, use_batch = self._stats
-        g = grad_out if self._in_shape is None else grad_out.reshape(x.shape)
+        x, w, mean, invstd, use_batch, in_shape = self._saved
+        g = grad_out if in_shape is None else grad_out.reshape(x.shape)
         gx, gw, gb = _run(self, "_bkey", _grad_key(self, g), "batch_norm_backward", g, x, w, mean, invstd, use_batch)
         if w is not None:
             _add_grad(self.weight, gw)
             _add_grad(self.bias, gb)
-        return gx.reshape(self._in_shape) if self._in_shape is not None else gx
+        return gx if in_shape is None else gx.reshape(in_shape)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -432,30 +432,22 @@ class BatchNorm2d(_BatchNorm):
     bias; ``track_running_stats=False``: batch statistics in eval too.
     """
 
-    _in_shape = None
-
     def _as_2d_or_4d(self, x):
         V.array_kind(x, "x")
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected 4D input (got {x.ndim}D input)")
-        return x
+        return x, None
 
 
 class BatchNorm1d(_BatchNorm):
     """Batch normalization of (N, C) or (N, C, L) inputs, per channel (see BatchNorm2d)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._in_shape = None
-
     def _as_2d_or_4d(self, x):
         V.array_kind(x, "x")
         if x.ndim == 2:
-            self._in_shape = None
-            return x
+            return x, None
         if x.ndim == 3:
-            self._in_shape = x.shape
-            return x.reshape(x.shape + (1,))        # (N, C, L) -> (N, C, L, 1): the same statistics
+            return x.reshape(x.shape + (1,)), x.shape   # (N, C, L) -> (N, C, L, 1): the same statistics
         raise ValueError(f"BatchNorm1d: expected 2D or 3D input (got {x.ndim}D input)")
 
 
@@ -477,25 +469,24 @@ class Dropout(Module):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
         self.inplace = V.as_bool(inplace, "inplace")
-        self._mask = None
-        self._p_used = p
+        self._saved = None                      # (mask, p) of the last training forward
         self._fkey = self._bkey = None
 
     def forward(self, x):
         p = self.p
         if not self.training or p == 0.0:
-            self._mask = None
+            self._saved = None
             return x
         key = (x.shape, x.dtype, p) if _contiguous(x) else None
         y, mask = _run(self, "_fkey", key, "dropout", x, p, True, _next_seed())
-        self._mask, self._p_used = mask, p
+        self._saved = (mask, p)
         return y
 
     def backward(self, grad_out):
-        mask = self._mask
-        if mask is None:
+        if self._saved is None:                 # eval mode or p = 0: the identity
             return grad_out
-        return _run(self, "_bkey", _grad_key(self, grad_out), "dropout_backward", grad_out, mask, self._p_used)
+        mask, p = self._saved
+        return _run(self, "_bkey", _grad_key(self, grad_out), "dropout_backward", grad_out, mask, p)
 
     def extra_repr(self):
         return f"p={self.p}, inplace={self.inplace}"
@@ -593,7 +584,7 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
-        self._x = self._w = None
+        self._saved = None                      # (x, weight) of the last forward
         self._fkey = None
 
     def reset_parameters(self):
@@ -617,13 +608,13 @@ class Linear(Module):
         y = xp.matmul(x, w.T)
         if self.bias is not None:
             y += self.bias.data
-        self._x, self._w = x, w
+        self._saved = (x, w)
         return y
 
     def backward(self, grad_out):
-        x, w = self._x, self._w
-        if x is None:
+        if self._saved is None:
             raise _no_forward(self)
+        x, w = self._saved
         g = grad_out
         if type(g) is not type(x) or g.dtype != x.dtype or g.shape != x.shape[:-1] + (self.out_features,):
             _check_float_input("Linear backward", g, V.dtype_of(x))

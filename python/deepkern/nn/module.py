@@ -28,6 +28,17 @@ from .parameter import Parameter
 
 __all__ = ["Module", "Sequential", "IncompatibleKeys"]
 
+# Bumped whenever any module gains or loses a parameter or a child: modules() and
+# parameters() cache their lists and rebuild them only after a change (zero_grad runs every
+# step and would otherwise walk the whole tree).
+_structure_version = 0
+
+
+def _structure_changed():
+    global _structure_version
+    _structure_version += 1
+
+
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 IncompatibleKeys.__doc__ = """What load_state_dict(strict=False) did not load (PyTorch's _IncompatibleKeys)."""
 
@@ -79,11 +90,13 @@ class Module:
                 raise TypeError(f"cannot assign '{type(value).__name__}' as parameter '{name}' "
                                 "(deepkern.nn.Parameter or None expected)")
             params[name] = None
+            _structure_changed()
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign '{type(value).__name__}' as child module '{name}' "
                                 "(deepkern.nn.Module or None expected)")
             modules[name] = None
+            _structure_changed()
         elif name in buffers:
             if value is not None and not is_array(value):
                 raise TypeError(f"cannot assign '{type(value).__name__}' as buffer '{name}' "
@@ -92,10 +105,12 @@ class Module:
         object.__setattr__(self, name, value)
 
     def _forget(self, name, keep):
+        """Remove name from the registries other than keep (the one it is about to join)."""
         for reg in (self.__dict__["_parameters"], self.__dict__["_modules"], self.__dict__["_buffers"]):
             if reg is not keep:
                 reg.pop(name, None)
         self.__dict__["_non_persistent"].discard(name)
+        _structure_changed()
 
     def __delattr__(self, name):
         self._forget(name, keep=None)
@@ -170,8 +185,12 @@ class Module:
             stack.extend(reversed(children))
 
     def modules(self):
-        for _, m in self.named_modules():
-            yield m
+        """This module and every descendant, each once, in the order of named_modules."""
+        cache = self.__dict__.get("_cached_modules")
+        if cache is None or cache[0] != _structure_version:
+            cache = (_structure_version, [m for _, m in self.named_modules()])
+            object.__setattr__(self, "_cached_modules", cache)
+        return iter(cache[1])
 
     def named_children(self):
         for k, m in self._modules.items():
@@ -199,8 +218,14 @@ class Module:
         return self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse=True):
-        for _, p in self.named_parameters(recurse=recurse):
-            yield p
+        """Every Parameter once, in the order of named_parameters."""
+        if not recurse:
+            return (p for p in self._parameters.values() if p is not None)
+        cache = self.__dict__.get("_cached_parameters")
+        if cache is None or cache[0] != _structure_version:
+            cache = (_structure_version, [p for _, p in self.named_parameters()])
+            object.__setattr__(self, "_cached_parameters", cache)
+        return iter(cache[1])
 
     def named_buffers(self, prefix="", recurse=True):
         """(name, array) pairs of the buffers (running statistics), each array once."""
@@ -441,7 +466,7 @@ class Sequential(Module):
 
     def forward(self, x):
         for m in self._seq:
-            x = m(x)
+            x = m.forward(x)
         return x
 
     def backward(self, grad_out):
