@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import deepkern
 from deepkern import data as D
@@ -347,3 +349,17 @@ def test_loader_errors():
         D.DataLoader([[1.0]])
     with pytest.raises(TypeError, match="callable"):
         D.DataLoader(x, transform=3)
+
+
+@given(st.integers(0, 40), st.integers(1, 50), st.booleans(), st.booleans(), st.integers(0, 2**31))
+def test_loader_partitions_the_data(n, batch_size, shuffle, drop_last, seed):
+    x = np.arange(n, dtype=np.float32).reshape(n, 1)
+    loader = D.DataLoader(x, np.arange(n), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert all(len(yb) == batch_size for _, yb in batches[:-1])
+    seen = np.concatenate([yb for _, yb in batches]) if batches else np.zeros(0, int)
+    assert len(set(seen.tolist())) == len(seen)                          # no item twice
+    assert len(seen) == (n - n % batch_size if drop_last else n)
+    for xb, yb in batches:
+        np.testing.assert_array_equal(xb[:, 0], yb)

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import deepkern.nn as nn
 import deepkern.nn.functional as NF
@@ -189,3 +191,20 @@ def test_matches_pytorch(case, dtype, rng):
     go = rng.standard_normal(len(z)).astype(dtype) if kw["reduction"] == "none" else None
     tl.backward(None if go is None else torch.from_numpy(go))
     assert_close(crit.backward(go), tz.grad.numpy(), rtol * 5, atol, "grad")
+
+
+@given(st.integers(1, 6), st.integers(1, 5), st.floats(0.0, 1.0), st.booleans(), st.booleans(),
+       st.sampled_from(["mean", "sum"]), st.integers(0, 2**32 - 1))
+def test_random_cases_match_reference(N, C, eps, weighted, ignore, reduction, seed):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((N, C)) * 5
+    t = rng.integers(0, C, N)
+    if ignore and N > 1:
+        t[0] = -100
+    w = rng.random(C) + 0.1 if weighted else None
+    crit = nn.CrossEntropyLoss(w, reduction=reduction, label_smoothing=eps)
+    loss = crit(z, t)
+    want = ref_loss(z, t, w, reduction=reduction, eps=eps)
+    assert abs(loss - want) <= 1e-12 * max(1.0, abs(want))
+    f = lambda zz: ref_loss(zz, t, w, reduction=reduction, eps=eps)  # noqa: E731
+    assert_close(crit.backward(), numeric_grad(f, z.copy()), 1e-6, 1e-8)

@@ -381,3 +381,25 @@ def test_init_is_reproducible_with_manual_seed():
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["0.weight"], c["0.weight"])
+
+
+def test_unchecked_follows_the_backend_setting():
+    from deepkern import _cpu
+    from deepkern import functional as F
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    assert F._unchecked(x) is _cpu
+    with deepkern.use_backend("numpy"):
+        assert F._unchecked(x) is R
+    with deepkern.use_backend("cpu"):
+        assert F._unchecked(x) is _cpu
+
+
+def test_a_stale_fast_path_is_still_safe(rng):
+    """Changing a weight's shape in place behind the layer's back: the kernel's own checks
+    raise a ValueError (the fast path never crashes or reads out of bounds)."""
+    conv = nn.Conv2d(2, 3, 3)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    conv(x)
+    conv.weight.data.shape = (3, 2, 9, 1)          # same array object, same id, new shape
+    with pytest.raises(ValueError):
+        conv(x)
