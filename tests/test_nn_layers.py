@@ -320,6 +320,8 @@ def test_linear_matches_matmul_and_checks_inputs(rng):
         lin(x.astype(np.float64))
     with pytest.raises(TypeError, match="int64"):
         lin(np.ones((4, 5), np.int64))
+    with pytest.raises(TypeError, match="list"):
+        lin([[1.0] * 5])
     lin(x)
     with pytest.raises(ValueError, match="grad_out has shape"):
         lin.backward(np.ones((4, 4), np.float32))
@@ -403,3 +405,15 @@ def test_a_stale_fast_path_is_still_safe(rng):
     conv.weight.data.shape = (3, 2, 9, 1)          # same array object, same id, new shape
     with pytest.raises(ValueError):
         conv(x)
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(1, 1, 1), nn.MaxPool2d(1), nn.AvgPool2d(1), nn.BatchNorm2d(1),
+                                   nn.BatchNorm1d(1), nn.Dropout(), nn.ReLU(), nn.Sigmoid(), nn.Linear(1, 1),
+                                   nn.Flatten()], ids=lambda m: type(m).__name__)
+def test_every_layer_rejects_non_arrays_and_bad_dtypes(layer):
+    with pytest.raises(TypeError):
+        layer([[[[1.0]]]])
+    if not isinstance(layer, nn.Flatten):          # reshaping works on any dtype
+        with pytest.raises(TypeError, match="int32|float16"):
+            layer(np.ones((2, 1, 1, 1), np.int32) if not isinstance(layer, nn.BatchNorm1d)
+                  else np.ones((2, 1), np.float16))
