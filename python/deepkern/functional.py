@@ -15,8 +15,9 @@ import math
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _cpu
 from . import _validate as V
+from . import reference as _reference
 from .reference import window_out_size
 
 __all__ = [
@@ -393,3 +394,22 @@ def relu_backward(grad_out, y):
         raise ValueError(f"relu_backward: y has shape {V.shape_str(y.shape)}, expected grad_out's "
                          f"{V.shape_str(grad_out.shape)}")
     return _backend.for_arrays(grad_out, y).relu_backward(_contig(grad_out), _contig(y))
+
+
+# ---------------------------------------------------------------------------- fast path for nn layers
+#
+# A layer of deepkern.nn calls the same op thousands of times with the same shapes, and at
+# small sizes the validation above costs as much as the kernel (~8 us for conv2d). So a layer
+# calls the public function the first time, and again whenever its input's shape, dtype or
+# contiguity or its parameter arrays change; in between it calls the backend directly:
+#
+#     y = F._unchecked(x).conv2d(x, w, b, stride, padding, dilation, groups)
+#
+# with the normalized arguments it computed once (pairs as tuples, 4-D C-contiguous arrays,
+# the argument order of deepkern.reference). Only NumPy arrays take this path. The C++
+# bindings still check every array they are given (dtype, contiguity, sizes), so a stale
+# check can give a less friendly error, never a crash or a silent wrong answer.
+
+def _unchecked(x):
+    """The backend module for NumPy array ``x``: the reference inside use_backend("numpy"), else cpu."""
+    return _reference if _backend._mode.get() == "numpy" else _cpu
