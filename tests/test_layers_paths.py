@@ -131,7 +131,8 @@ def avgpool_s1_cases(draw):
 @given(c=avgpool_s1_cases(), seed=st.integers(0, 2**32 - 1))
 def test_avg_pool_stride_1(isa_name, c, seed):
     """The stride-1 stencils: every kernel size and padding, per-window divisors (padding not
-    counted), row lengths that are not multiples of the vector width."""
+    counted), row lengths that are not multiples of the vector width; bitwise the portable
+    loops."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(c["shape"]).astype(np.float32)
     kw = dict(kernel_size=c["kernel_size"], stride=1, padding=c["padding"], ceil_mode=c["ceil_mode"],
@@ -143,6 +144,11 @@ def test_avg_pool_stride_1(isa_name, c, seed):
     t = tol("avg_pool2d", np.float32)
     assert_close(y, R.avg_pool2d(f64(x), **kw), *t, what="y")
     assert_close(gx, R.avg_pool2d_backward(f64(dy), x.shape, **kw), *t, what="grad_x")
+    # the vector stencils add in the scalar loops' order and divide: the same bits (the CUDA
+    # kernels are held to these bits too, tests/test_cuda_kernels.py)
+    with isa("scalar"):
+        assert_bitwise(y, F.avg_pool2d(x, **kw), "y vs the portable loops")
+        assert_bitwise(gx, F.avg_pool2d_backward(dy, x.shape, **kw), "grad_x vs the portable loops")
 
 
 # ---------------------------------------------------------------------------------- batch norm

@@ -290,63 +290,34 @@ static AxisWindows axis_windows(int64_t n, int64_t out, int64_t k, int64_t pad, 
   return a;
 }
 
-// How each output of the stencil is scaled: not at all (backward), by one constant (every
-// window counts the same taps: the usual case), or divided by its own divisor.
-struct StencilScale {
-  enum Kind { none, constant, per_output } kind = none;
-  float c = 1.f;                // constant: 1 / the divisor (within one rounding of dividing)
-  const float* rows = nullptr;  // per_output: divisor = rows[r] * cols[c] (0: the output is 0)
-  const float* cols = nullptr;  // (whole vectors)
-};
-
-static StencilScale stencil_scale(const AxisWindows& ah, const AxisWindows& aw,
-                                  std::vector<float>& cols) {
-  StencilScale sc;
-  const float d0 = ah.count.empty() || aw.count.empty() ? 0.f : ah.count[0] * aw.count[0];
-  bool uniform = d0 > 0;
-  for (float a : ah.count) uniform = uniform && a * aw.count[0] == d0;
-  for (float b : aw.count) uniform = uniform && ah.count[0] * b == d0;
-  if (uniform) {
-    sc.kind = StencilScale::constant;
-    sc.c = 1.f / d0;
-    return sc;
-  }
-  cols.assign((aw.count.size() + L - 1) / L * L, 0.f);
-  std::copy(aw.count.begin(), aw.count.end(), cols.begin());
-  sc.kind = StencilScale::per_output;
-  sc.rows = ah.count.data();
-  sc.cols = cols.data();
-  return sc;
-}
-
-// The box stencil both passes share: out[r][c] = sum_{i < kh, j < kw} P[r + i][c + j], scaled,
-// for an output plane of rows x cols, where P is a zero-bordered copy of the plane being summed
-// (row pitch pp). Every load is a plain vector load from P: the masked loads a stencil on the
-// plane itself would need at the row edges run far slower on Zen 5 when an output store
-// before them falls at the same offset modulo 4 KB (which NumPy's page-aligned planes do).
+// The box stencil both passes share: out[r][c] = sum_{i < kh, j < kw} P[r + i][c + j] for an
+// output plane of rows x cols, where P is a zero-bordered copy of the plane being summed
+// (row pitch pp), then divided by div_rows[r] * div_cols[c] when div_rows is given (0 where
+// that is 0). The sum starts at +0 and adds the taps in row-major order, and the quotient is
+// a division: the same bits as the scalar loops of pool2d.cpp (which the CUDA kernels match
+// too). The zero border only adds +0.0 terms, which never change a sum started at +0.
+//
+// Every load is a plain vector load from P: the masked loads a stencil on the plane itself
+// would need at the row edges run far slower on Zen 5 when an output store before them falls
+// at the same offset modulo 4 KB (which NumPy's page-aligned planes do).
 // KH, KW: the window known at compile time (3x3 and 2x2: fully unrolled), or 0 (any size).
 template <int KH, int KW>
 static void box_stencil_k(float* __restrict out, int64_t rows, int64_t cols, const float* P,
-                          int64_t pp, int64_t kh_, int64_t kw_, const StencilScale& sc) {
+                          int64_t pp, int64_t kh_, int64_t kw_, const float* div_rows,
+                          const float* div_cols) {
   const int64_t kh = KH ? KH : kh_, kw = KW ? KW : kw_;
   const int64_t nv = (cols + L - 1) / L;
-  const V c = S::set1(sc.c);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t v = 0; v < nv; ++v) {
-      // per row a short sum, then the rows: shorter add chains than one running sum
       V acc = S::zero();
 #pragma GCC unroll 8
       for (int64_t i = 0; i < kh; ++i) {
         const float* src = P + (r + i) * pp + v * L;
-        V row = S::load(src);
 #pragma GCC unroll 8
-        for (int64_t j = 1; j < kw; ++j) row = S::add(row, S::load(src + j));
-        acc = i ? S::add(acc, row) : row;
+        for (int64_t j = 0; j < kw; ++j) acc = S::add(acc, S::load(src + j));
       }
-      if (sc.kind == StencilScale::constant) {
-        acc = S::mul(acc, c);
-      } else if (sc.kind == StencilScale::per_output) {
-        const V d = S::mul(S::set1(sc.rows[r]), S::load(sc.cols + v * L));
+      if (div_rows) {
+        const V d = S::mul(S::set1(div_rows[r]), S::load(div_cols + v * L));
         acc = S::select_gt0(d, S::div(acc, d));  // no tap counted: 0
       }
       float* dst = out + r * cols + v * L;
@@ -358,10 +329,10 @@ static void box_stencil_k(float* __restrict out, int64_t rows, int64_t cols, con
 }
 
 static void box_stencil(float* out, int64_t rows, int64_t cols, const float* P, int64_t pp,
-                        int64_t kh, int64_t kw, const StencilScale& sc) {
-  if (kh == 3 && kw == 3) return box_stencil_k<3, 3>(out, rows, cols, P, pp, kh, kw, sc);
-  if (kh == 2 && kw == 2) return box_stencil_k<2, 2>(out, rows, cols, P, pp, kh, kw, sc);
-  box_stencil_k<0, 0>(out, rows, cols, P, pp, kh, kw, sc);
+                        int64_t kh, int64_t kw, const float* div_rows, const float* div_cols) {
+  if (kh == 3 && kw == 3) return box_stencil_k<3, 3>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
+  if (kh == 2 && kw == 2) return box_stencil_k<2, 2>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
+  box_stencil_k<0, 0>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
 }
 
 // A zero-bordered plane buffer: P[r][c] = src[r - r0][c - c0] inside, 0 elsewhere. The border
@@ -404,8 +375,8 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
   const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
   const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;
-  std::vector<float> cols;
-  const StencilScale scale = stencil_scale(ah, aw, cols);
+  std::vector<float> cw((p.OW + L - 1) / L * L, 0.f);  // column factors of the divisors
+  std::copy(aw.count.begin(), aw.count.end(), cw.begin());
   parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     // output (oh, ow) sums P rows oh.. oh+kh-1, columns ow.. ow+kw-1: x shifted by the padding
     PaddedPlane B[2] = {PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw),
@@ -416,7 +387,7 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
           for (int64_t ih = 0; ih < p.H; ++ih) P.put(ih, x_ + q * HW + ih * p.W, p.W);
         },
         [&](const PaddedPlane& P, int64_t q) {
-          box_stencil(y_ + q * OHW, p.OH, p.OW, P.buf.data(), P.pitch, p.kh, p.kw, scale);
+          box_stencil(y_ + q * OHW, p.OH, p.OW, P.buf.data(), P.pitch, p.kh, p.kw, ah.count.data(), cw.data());
         });
   });
   return true;
@@ -424,18 +395,19 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
 
 // dx[ih][iw] = sum over the outputs whose window holds (ih, iw) of g = dy / divisor. For
 // stride 1 those are oh in [ih + ph - kh + 1, ih + ph] (and likewise ow), so with g placed in
-// a zero-bordered plane at offset (kh - 1 - ph, kw - 1 - pw) it is the same box stencil.
+// a zero-bordered plane at offset (kh - 1 - ph, kw - 1 - pw) it is the same box stencil; its
+// taps in row-major order are the windows in (oh, ow) order, the order in which the scalar
+// loop adds them: the same bits again.
 bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p) {
   if (p.sh != 1 || p.sw != 1 || p.ph >= p.kh || p.pw >= p.kw) return false;
   const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
   const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
-  std::vector<float> cols;
-  const StencilScale scale = stencil_scale(ah, aw, cols);
+  std::vector<float> cw((OW + L - 1) / L * L, 0.f);
+  std::copy(aw.count.begin(), aw.count.end(), cw.begin());
   parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     PaddedPlane B[2] = {PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw),
                         PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw)};
-    const V c = S::set1(scale.c);
     double_buffered(
         q0, q1, B,
         [&](PaddedPlane& G, int64_t q) {  // g = dy / divisor (0 where nothing counted)
@@ -445,13 +417,8 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
             for (int64_t v = 0; v < OW; v += L) {
               const bool full = v + L <= OW;
               const S::M m = S::mask(low_bits(OW - v));
-              V t = full ? S::load(d + v) : S::loadm(d + v, m);
-              if (scale.kind == StencilScale::constant) {
-                t = S::mul(t, c);
-              } else {
-                const V dv = S::mul(S::set1(scale.rows[oh]), S::load(scale.cols + v));
-                t = S::select_gt0(dv, S::div(t, dv));
-              }
+              const V dv = S::mul(S::set1(ah.count[oh]), S::load(cw.data() + v));
+              const V t = S::select_gt0(dv, S::div(full ? S::load(d + v) : S::loadm(d + v, m), dv));
               if (full)
                 S::store(g + v, t);
               else
@@ -460,7 +427,7 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
           }
         },
         [&](const PaddedPlane& G, int64_t q) {
-          box_stencil(dx_ + q * HW, p.H, p.W, G.buf.data(), G.pitch, p.kh, p.kw, StencilScale{});
+          box_stencil(dx_ + q * HW, p.H, p.W, G.buf.data(), G.pitch, p.kh, p.kw, nullptr, nullptr);
         });
   });
   return true;
