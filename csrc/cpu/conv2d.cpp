@@ -206,6 +206,16 @@ static bool winograd_applies(const Conv2dParams& p) {
          p.G == 1 && p.ph <= 2 && p.pw >= 1 && p.pw <= 2;
 }
 
+// Winograd puts the 2x2 tiles of one sample in the vector lanes: with few tiles per sample
+// (4x4 outputs: 4 tiles) most lanes idle and the 2.25x saving is gone. Worth it when at least
+// 60% of the lanes carry a tile (16 lanes for AVX-512, 8 for AVX2).
+static bool winograd_fills_lanes(const Conv2dParams& q, Isa isa) {
+  const int64_t lanes = isa == Isa::avx512 ? 16 : 8;
+  const int64_t tiles = ((q.OH + 1) / 2) * ((q.OW + 1) / 2);
+  const int64_t vectors = (tiles + lanes - 1) / lanes;
+  return 10 * tiles >= 6 * vectors * lanes;
+}
+
 // DEEPKERN_CONV_ALGO=flat|winograd|direct|depthwise in the environment forces that algorithm
 // wherever it applies (tests run every path on the same shapes; benchmarks compare them).
 static const char* forced_algo() {
@@ -226,23 +236,22 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
   if (depthwise && !forced("flat") && !forced("direct") &&
       (dir != ConvDir::backward_input || (p.sh == 1 && p.sw == 1)))
     return ConvAlgo::depthwise;
+  // Winograd F(2x2, 3x3): 2.25x fewer multiplies. Its transforms cost a few percent per
+  // channel (so >= 16 channels on both sides), and its tiles must fill the vector lanes.
+  auto winograd = [&](const Conv2dParams& q) {
+    if (!winograd_applies(q) || forced("flat") || forced("direct")) return false;
+    return forced("winograd") || (q.C >= 16 && q.OC >= 16 && winograd_fills_lanes(q, isa));
+  };
   switch (dir) {
     case ConvDir::forward:
-    case ConvDir::backward_input: {
-      // Winograd F(2x2, 3x3): 2.25x fewer multiplies; its transforms cost a few percent per
-      // channel, so it needs enough channels on both sides to pay off
-      const Conv2dParams q = dir == ConvDir::forward ? p : transposed_params(p);
-      if (winograd_applies(q) && !forced("flat") && !forced("direct") &&
-          (forced("winograd") || (q.C >= 16 && q.OC >= 16)))
-        return ConvAlgo::winograd;
+    case ConvDir::backward_input:
+      // (the stride-1 input gradient is a forward convolution of dy: judged as one)
+      if (winograd(dir == ConvDir::forward ? p : transposed_params(p))) return ConvAlgo::winograd;
       // implicit-im2col GEMM for every shape: stride 1 "same" convolutions read the planes
       // in place; other strides and widths go through a per-sample phase split
       return ConvAlgo::flat;
-    }
     case ConvDir::backward_weight:
-      if (winograd_applies(p) && !forced("flat") && !forced("direct") &&
-          (forced("winograd") || (p.C >= 16 && p.OC >= 16)))
-        return ConvAlgo::winograd;
+      if (winograd(p)) return ConvAlgo::winograd;
       // any stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;
   }
