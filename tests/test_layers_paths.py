@@ -202,3 +202,23 @@ def test_layers_thread_count_invariance(isa_name):
             with num_threads(t):
                 for k, (g, r) in enumerate(zip(run(), ref)):
                     assert_bitwise(g, r, f"output {k} on {t} threads")
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+def test_max_pool_backward_with_foreign_indices(isa_name):
+    """Indices not from the forward (another window's pixel, repeated ones) take the generic
+    scatter-add, plane by plane; an index outside its plane is a ValueError."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 3, 8, 34)).astype(np.float32)
+    with isa(isa_name):
+        y, idx = F.max_pool2d(x, 2, 2)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    bad = idx.copy()
+    bad[1, 2, 3, 5] = 0          # a pixel of another window
+    bad[0, 1, 0, :4] = 7         # the same pixel four times (summed in order)
+    with isa(isa_name):
+        gx = F.max_pool2d_backward(dy, bad, x.shape)
+    assert_close(gx, R.max_pool2d_backward(f64(dy), bad, x.shape), 1e-6, 1e-6, "grad_x")
+    bad[0, 0, 0, 0] = 8 * 34
+    with isa(isa_name), pytest.raises(ValueError, match="outside its input plane"):
+        F.max_pool2d_backward(dy, bad, x.shape)

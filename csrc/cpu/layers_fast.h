@@ -252,6 +252,64 @@ bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Poo
   return OHf == p.OH && OWf == p.OW;  // else the caller redoes every output generically
 }
 
+// Backward of the same 2x2/s2 pooling when the windows tile the input exactly: every input
+// pixel belongs to one window, so dx is written once, row pair by row pair (dy where the
+// window's index points, 0 elsewhere), instead of zeroing the plane and scattering. Each index
+// is checked to lie in its own window; a plane with one that does not (indices not from the
+// forward) is redone by the generic code, which also reports indices outside the plane.
+// dy + 0.0: the scatter adds dy to 0, which turns -0.0 into +0.0; the same bits here.
+bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, const Pool2dParams& p) {
+  if (p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
+      p.dw != 1 || p.H != 2 * p.OH || p.W != 2 * p.OW || p.H * p.W >= (int64_t(1) << 31))
+    return false;
+  const int64_t W = p.W, OW = p.OW, OH = p.OH, HW = p.H * p.W, OHW = p.OH * p.OW;
+  bool ok = true;  // (written by the thread that finds a stray index; any writer writes false)
+  parallel_range(p.N * p.C, 1, [&, W, OW, OH, HW, OHW](int64_t q0, int64_t q1) {
+    const S::I lane2 = S::add_i32(S::iota_i32(), S::iota_i32());
+    const V zero = S::zero();
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* __restrict dyp = dy_ + q * OHW;
+      const int64_t* __restrict ip = idx_ + q * OHW;
+      float* __restrict dxp = dx_ + q * HW;
+      bool plane_ok = true;
+      for (int64_t oh = 0; oh < OH && plane_ok; ++oh)
+        for (int64_t ow = 0; ow < OW; ow += L) {
+          const int64_t n = std::min<int64_t>(L, OW - ow);
+          const S::I base = S::add_i32(S::set1_i32(static_cast<uint32_t>(2 * oh * W + 2 * ow)), lane2);
+          S::I li;
+          if (!S::load_idx32(ip + oh * OW + ow, n, HW, li)) {
+            plane_ok = false;
+            break;
+          }
+          const S::I loc = S::sub_i32(li, base);  // position in the window: 0, 1, W or W + 1
+          const S::M a = S::eq_i32(loc, 0), b = S::eq_i32(loc, 1);
+          const S::M c = S::eq_i32(loc, static_cast<int32_t>(W)), d = S::eq_i32(loc, static_cast<int32_t>(W + 1));
+          if (!S::all(S::or_m(S::or_m(a, b), S::or_m(c, d)), n)) {
+            plane_ok = false;
+            break;
+          }
+          const V g = n == L ? S::load(dyp + oh * OW + ow)
+                             : S::loadm(dyp + oh * OW + ow, S::mask(low_bits(n)));
+          V lo, hi;
+          float* r0 = dxp + 2 * oh * W + 2 * ow;
+          for (int row = 0; row < 2; ++row) {
+            S::interleave(S::add(S::select(row ? c : a, g), zero), S::add(S::select(row ? d : b, g), zero), lo, hi);
+            float* dst = r0 + row * W;
+            if (n == L) {
+              S::store(dst, lo);
+              S::store(dst + L, hi);
+            } else {
+              S::storem(dst, S::mask(low_bits(2 * n)), lo);
+              S::storem(dst + L, S::mask(low_bits(2 * n - L)), hi);
+            }
+          }
+        }
+      if (!plane_ok) ok = false;
+    }
+  });
+  return ok;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Average pooling, stride 1, as two separable box sums: hs[ih][ow] = the sum of row ih over
 // output column ow's window, then y[oh][ow] = (sum of hs over the window's rows) / divisor,

@@ -20,6 +20,8 @@ namespace dk::cpu {
                             float scale);                                                        \
   /* true: every output written; false: the caller runs its generic code over all outputs */   \
   bool max_pool2d_forward_f32(float* y, int64_t* idx, const float* x, const Pool2dParams& p);    \
+  bool max_pool2d_backward_f32(float* dx, const float* dy, const int64_t* idx,                  \
+                               const Pool2dParams& p);                                           \
   bool avg_pool2d_forward_f32(float* y, const float* x, const Pool2dParams& p);                  \
   bool avg_pool2d_backward_f32(float* dx, const float* dy, const Pool2dParams& p);               \
   void batch_norm_stats_f32(const float* x, const BatchNormParams& p, const double* K,          \

@@ -68,6 +68,8 @@ void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p) {
 
 template <class T>
 void max_pool2d_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dParams& p) {
+  if constexpr (std::is_same_v<T, float>)
+    if (has_fast_layers() && DK_FAST(max_pool2d_backward_f32)(dx, dy, idx, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {

@@ -98,6 +98,25 @@ struct Simd {
     const __m128i b = _mm_maskz_loadu_epi8(static_cast<__mmask16>(low_bits(count)), p);
     return _mm_test_epi8_mask(b, b);
   }
+  // the `count` int64 values at p as int32 lanes in v; false if one is outside [0, limit)
+  static bool load_idx32(const int64_t* p, int64_t count, int64_t limit, I& v) {
+    __m512i lo, hi;
+    if (count >= 16) {  // plain loads for whole vectors (see layers_fast.h on masked loads)
+      lo = _mm512_loadu_si512(p);
+      hi = _mm512_loadu_si512(p + 8);
+    } else {
+      lo = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(low_bits(count)), p);
+      hi = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(low_bits(count - 8)), p + 8);
+    }
+    const __m512i lim = _mm512_set1_epi64(limit);
+    const uint32_t in = _mm512_cmplt_epu64_mask(lo, lim) | (uint32_t(_mm512_cmplt_epu64_mask(hi, lim)) << 8);
+    v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    return (in & low_bits(count)) == low_bits(count);
+  }
+  static I sub_i32(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static M eq_i32(I a, int32_t b) { return _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32(b)); }
+  static bool all(M m, int64_t count) { return (m & low_bits(count)) == low_bits(count); }
+  static M or_m(M a, M b) { return static_cast<M>(a | b); }
   // store L int32 lanes as int64, the first `count`
   static void store_i64(int64_t* p, I v, int64_t count) {
     const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
@@ -237,6 +256,23 @@ struct Simd {
     const __m256i w = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
     return _mm256_xor_si256(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
   }
+  static bool load_idx32(const int64_t* p, int64_t count, int64_t limit, I& v) {
+    alignas(32) int32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    bool ok = true;
+    for (int64_t i = 0; i < count && i < 8; ++i) {
+      ok = ok && p[i] >= 0 && p[i] < limit;
+      t[i] = static_cast<int32_t>(p[i]);
+    }
+    v = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+    return ok;
+  }
+  static I sub_i32(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static M eq_i32(I a, int32_t b) { return _mm256_cmpeq_epi32(a, _mm256_set1_epi32(b)); }
+  static bool all(M m, int64_t count) {
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(m));
+    return (static_cast<uint32_t>(bits) & low_bits(count)) == low_bits(count);
+  }
+  static M or_m(M a, M b) { return _mm256_or_si256(a, b); }
   static void store_i64(int64_t* p, I v, int64_t count) {
     alignas(32) int32_t t[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
