@@ -13,6 +13,8 @@ namespace dk::cpu {
 
 // ---- conv2d.cpp          x (N,C,H,W)  w (OC,C/G,KH,KW)  b (OC) or null  y (N,OC,OH,OW)
 template <class T> void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p);
+// relu(conv2d_forward): the ReLU applied as each output tile is stored (deepkern extension)
+template <class T> void conv2d_relu_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p);
 template <class T> void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p);
 // db may be null (no bias)
 template <class T> void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dParams& p);

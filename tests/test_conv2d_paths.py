@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deepkern
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
@@ -196,3 +197,35 @@ def test_fast_path_differs_from_portable_only_by_rounding():
         slow = F.conv2d(x, w, None, padding=1)
     assert not np.array_equal(fast, slow)
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("name", ["suite c2 (same 3x3)", "suite c5 (1x1)", "stride 2 odd sizes", "depthwise",
+                                  "valid 3x3 (narrower output)", "7x7 planes (49 pixels: vector tails)"])
+def test_conv2d_relu_is_relu_of_conv2d_bitwise(isa_name, name):
+    """The fused extension: the ReLU in the stores (flat GEMM, Winograd) or as a pass after
+    (depthwise, portable) gives relu(conv2d(...)) bit for bit, NaN included; unbatched input;
+    the numpy backend composes the two."""
+    c = EDGES[name]
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"])).astype(np.float32)
+    x.reshape(-1)[::97] = np.nan
+    w = rng.standard_normal((c["OC"], c["C"] // c["groups"], c["KH"], c["KW"])).astype(np.float32)
+    b = rng.standard_normal(c["OC"]).astype(np.float32)
+    a = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"])
+    with isa(isa_name):
+        fused = F.conv2d_relu(x, w, b, **a)
+        want = F.relu(F.conv2d(x, w, b, **a))
+        assert_bitwise(fused, want, f"{isa_name} {name}")
+        assert_bitwise(F.conv2d_relu(x[0], w, None, **a), F.relu(F.conv2d(x[0], w, None, **a)), "unbatched")
+    with deepkern.use_backend("numpy"):
+        ref = F.conv2d_relu(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **a)
+    assert_close(fused, ref, *tol("conv2d", np.float32), what="vs the numpy composition")
+
+
+def test_conv2d_relu_validates_like_conv2d():
+    x, w = np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="conv2d_relu: bias must have shape"):
+        F.conv2d_relu(x, w, np.zeros(3, np.float32))
+    with pytest.raises(TypeError):
+        F.conv2d_relu(x, w.astype(np.float64))

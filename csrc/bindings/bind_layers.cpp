@@ -57,7 +57,7 @@ void bind_layers(py::module_& m) {
   m.def(
       "conv2d_forward",
       [](py::array y, py::array x, py::array w, std::optional<py::array> b, Pair stride,
-         Pair padding, Pair dilation, int64_t groups) {
+         Pair padding, Pair dilation, int64_t groups, bool relu) {
         const Conv2dParams p = conv_params(x, w, y, stride, padding, dilation, groups);
         check_shape(w, "weight", {p.OC, p.C / p.G, p.KH, p.KW});
         dispatch_float(x, "x", [&](auto tag) {
@@ -67,12 +67,16 @@ void bind_layers(py::module_& m) {
           const T* wp = in_ptr<T>(w, "weight");
           const T* bp = opt_in<T>(b, "bias", p.OC);
           py::gil_scoped_release nogil;
-          cpu::conv2d_forward<T>(yp, xp, wp, bp, p);
+          if (relu)
+            cpu::conv2d_relu_forward<T>(yp, xp, wp, bp, p);
+          else
+            cpu::conv2d_forward<T>(yp, xp, wp, bp, p);
         });
       },
       py::arg("y").noconvert(), py::arg("x").noconvert(), py::arg("weight").noconvert(),
       py::arg("bias").noconvert(), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-      py::arg("groups"), "y <- conv2d(x, weight, bias)");
+      py::arg("groups"), py::kw_only(), py::arg("relu") = false,
+      "y <- conv2d(x, weight, bias), then ReLU when relu=True (fused)");
 
   m.def(
       "conv2d_backward_input",

@@ -271,16 +271,35 @@ void run_fast(Isa isa, const F512& f512, const F2& f2) {
 }
 }  // namespace
 
+namespace {
+// y = conv2d(x, w, b), then ReLU when relu: inside the store of each output tile where the
+// algorithm has an epilogue (flat GEMM, Winograd), else as a pass over y (same bits).
 template <class T>
-void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+void forward_impl(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p, bool relu) {
   if constexpr (std::is_same_v<T, float>) {
     const Isa isa = active_isa();
     const ConvAlgo a = choose_conv_algo(p, ConvDir::forward, isa);
-    if (a != ConvAlgo::portable)
-      return run_fast(isa, [&] { avx512::conv2d_forward_f32(y, x, w, b, p, a, false); },
-                      [&] { avx2::conv2d_forward_f32(y, x, w, b, p, a, false); });
+    const bool fused = relu && (a == ConvAlgo::flat || a == ConvAlgo::winograd);
+    if (a != ConvAlgo::portable) {
+      run_fast(isa, [&] { avx512::conv2d_forward_f32(y, x, w, b, p, a, fused); },
+               [&] { avx2::conv2d_forward_f32(y, x, w, b, p, a, fused); });
+      if (relu && !fused) relu_forward(y, y, p.N * p.OC * p.OH * p.OW);
+      return;
+    }
   }
   portable_forward(y, x, w, b, p);
+  if (relu) relu_forward(y, y, p.N * p.OC * p.OH * p.OW);
+}
+}  // namespace
+
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+  forward_impl(y, x, w, b, p, false);
+}
+
+template <class T>
+void conv2d_relu_forward(T* y, const T* x, const T* w, const T* b, const Conv2dParams& p) {
+  forward_impl(y, x, w, b, p, true);
 }
 
 template <class T>
@@ -309,6 +328,7 @@ void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dP
 
 #define DK_INSTANTIATE(T)                                                                  \
   template void conv2d_forward<T>(T*, const T*, const T*, const T*, const Conv2dParams&);  \
+  template void conv2d_relu_forward<T>(T*, const T*, const T*, const T*, const Conv2dParams&); \
   template void conv2d_backward_input<T>(T*, const T*, const T*, const Conv2dParams&);     \
   template void conv2d_backward_weight<T>(T*, T*, const T*, const T*, const Conv2dParams&);
 DK_INSTANTIATE(float)

@@ -119,7 +119,7 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
         v = S::add(v, last ? S::loadm(ci + j * L, tail) : S::load(ci + j * L));
       else
         v = S::add(v, bias);
-      if (e.relu) v = S::max(v, S::zero());
+      if (e.relu) v = S::max(S::zero(), v);  // max(0, v): keeps NaN, as relu does
       if (last)
         S::storem(ci + j * L, tail, v);
       else
@@ -1210,7 +1210,7 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
             winograd_output_transform(m, yv);
             for (int k = 0; k < 4; ++k) {
               yv[k] = S::add(yv[k], bias);
-              if (relu) yv[k] = S::max(yv[k], S::zero());
+              if (relu) yv[k] = S::max(S::zero(), yv[k]);  // keeps NaN, as relu does
             }
             winograd_store_tiles(y + (n * OC + oc) * OHW, p.OH, p.OW, tw, v * L,
                                  std::min<int64_t>(L, ntiles - v * L), yv);
@@ -1406,10 +1406,9 @@ void conv2d_forward_f32(float* y, const float* x, const float* w, const float* b
   switch (algo) {
     case ConvAlgo::flat: return forward_flat(y, x, w, b, p, relu);
     case ConvAlgo::winograd: return forward_winograd(y, x, w, b, p, relu);
-    case ConvAlgo::depthwise:
-      forward_depthwise(y, x, w, b, p);
-      if (relu) throw std::logic_error("depthwise: fused relu not supported");
-      return;
+    case ConvAlgo::depthwise:  // (conv2d.cpp applies a ReLU after it: no epilogue here)
+      if (relu) throw std::logic_error("conv2d_forward_f32: no fused relu for depthwise");
+      return forward_depthwise(y, x, w, b, p);
     default: throw std::logic_error("conv2d_forward_f32: algorithm not available");
   }
 }

@@ -12,14 +12,19 @@ from . import _C
 from .reference import window_out_size
 
 
-def conv2d(x, weight, bias, stride, padding, dilation, groups):
+def conv2d(x, weight, bias, stride, padding, dilation, groups, relu=False):
     N, _, H, W = x.shape
     OC, _, KH, KW = weight.shape
     OH = window_out_size(H, KH, stride[0], padding[0], dilation[0])
     OW = window_out_size(W, KW, stride[1], padding[1], dilation[1])
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
-    _C.conv2d_forward(y, x, weight, bias, stride, padding, dilation, groups)
+    _C.conv2d_forward(y, x, weight, bias, stride, padding, dilation, groups, relu=relu)
     return y
+
+
+def conv2d_relu(x, weight, bias, stride, padding, dilation, groups):
+    """relu(conv2d(...)), the ReLU fused into the convolution's stores (functional.conv2d_relu)."""
+    return conv2d(x, weight, bias, stride, padding, dilation, groups, relu=True)
 
 
 def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias):

@@ -21,7 +21,7 @@ from . import reference as _reference
 from .reference import window_out_size
 
 __all__ = [
-    "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+    "conv2d", "conv2d_relu", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
     "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
     "relu", "relu_backward",
 ]
@@ -79,17 +79,39 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x: (N, C, H, W) or (C, H, W); weight: (OC, C/groups, KH, KW); bias: (OC,) or None.
     Returns y: (N, OC, OH, OW) with OH = floor((H + 2*ph - dh*(KH-1) - 1)/sh) + 1 (same for OW).
     """
+    x4, unbatched, args, be = _conv2d_prepare(x, weight, bias, stride, padding, dilation, groups, "conv2d")
+    y = be.conv2d(*args)
+    return y[0] if unbatched else y
+
+
+def _conv2d_prepare(x, weight, bias, stride, padding, dilation, groups, op):
+    """Validate conv2d's arguments: (x as 4-D, was_unbatched, the backend's arguments, backend)."""
     V.float_array(x, "x")
     V.float_array(weight, "weight")
     if bias is not None:
         V.float_array(bias, "bias")
-    V.same_dtype("conv2d", x=x, weight=weight, bias=bias)
-    x4, unbatched = _batched(x, "conv2d")
+    V.same_dtype(op, x=x, weight=weight, bias=bias)
+    x4, unbatched = _batched(x, op)
     s, p, d, g, _ = _conv_args(x4, weight, stride, padding, dilation, groups)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"conv2d: bias must have shape ({weight.shape[0]},), got {V.shape_str(bias.shape)}")
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {V.shape_str(bias.shape)}")
     be = _backend.for_arrays(x, weight, bias)
-    y = be.conv2d(_contig(x4), _contig(weight), _contig(bias), s, p, d, g)
+    return x4, unbatched, (_contig(x4), _contig(weight), _contig(bias), s, p, d, g), be
+
+
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``relu(conv2d(x, weight, bias, ...))`` in one pass: a deepkern extension (PyTorch has
+    no such function; its equivalent is ``F.relu(F.conv2d(...))``).
+
+    Arguments and shapes as :func:`conv2d`. On the cpu backend the ReLU is applied as each
+    output tile is stored, saving a read and a write of y; other backends compose conv2d and
+    relu. The values are those of ``relu(conv2d(...))``, bit for bit. Backward: the gradient
+    through the ReLU is ``relu_backward(grad_out, y)``, then :func:`conv2d_backward`.
+    """
+    x4, unbatched, args, be = _conv2d_prepare(x, weight, bias, stride, padding, dilation, groups,
+                                              "conv2d_relu")
+    fused = getattr(be, "conv2d_relu", None)
+    y = fused(*args) if fused is not None else be.relu(be.conv2d(*args))
     return y[0] if unbatched else y
 
 
