@@ -1226,8 +1226,8 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
 //     dU_xi[oc, c] = sum_tiles dM_xi[oc, tile] * V_xi[c, tile]        dw[oc, c] = G^T dU G
 // As in backward_weight_direct, the transpose dU^T[c][oc] is computed, oc vectorized: the
 // V rows are broadcast, dM^T[tile][oc lanes] is the B panel (built from the transposed dy).
-// Work items are (chunk of samples, tile of NR output channels); partial dU per chunk,
-// folded in chunk order.
+// Work items are (chunk of samples, up to 64 output channels); partial dU per chunk, folded
+// in chunk order.
 
 // dM = A dY A^T for 2 x 2 vectors dy[a*2 + b] -> 16 vectors m[r*4 + s].
 inline void winograd_output_adjoint(const Simd::V dy[4], Simd::V m[16]) {
@@ -1264,8 +1264,12 @@ inline void backward_weight_winograd(float* dw, float* db, const float* dy, cons
   const int64_t tw = tp.OW, ntiles = tp.OH * tp.OW, nvt = (ntiles + L - 1) / L;
   const int64_t tpad = nvt * L;  // tiles of a sample, rounded up to whole vectors
   const int64_t noct = (OC + kNR - 1) / kNR, ocpad = noct * kNR;
+  // a work item takes up to 64 output channels (4 tiles of 16 with AVX2, 1 of 64 with
+  // AVX-512): the input transform, shared by its tiles, is computed once per item
+  const int64_t tiles_per_item = std::max<int64_t>(1, 64 / kNR);
+  const int64_t nitems_oc = (noct + tiles_per_item - 1) / tiles_per_item;
   const int64_t want_items = 8;
-  const int64_t want_chunks = std::min<int64_t>(p.N, std::max<int64_t>(1, want_items / noct));
+  const int64_t want_chunks = std::min<int64_t>(p.N, std::max<int64_t>(1, want_items / nitems_oc));
   const int64_t per = (p.N + want_chunks - 1) / want_chunks;
   const int64_t nchunks = (p.N + per - 1) / per;
   // samples per group: V (16 x C x tiles) and dM^T (16 x tiles x NR) in half of L2
@@ -1274,7 +1278,7 @@ inline void backward_weight_winograd(float* dw, float* db, const float* dy, cons
   const int64_t S_ = kc_override() ? 1 : std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
   const int64_t pstride = kWinoXi * C * ocpad + ocpad;  // one chunk's dU^T and db
   float* partial = scratch(3, nchunks * pstride);
-  parallel_for(nchunks * noct, 1, [&](int64_t i0, int64_t i1) {
+  parallel_for(nchunks * nitems_oc, 1, [&](int64_t i0, int64_t i1) {
     const int64_t gt = S_ * tpad;  // tile lanes of a group
     // per-xi strides padded by a cache line (see forward_winograd)
     const int64_t vstride = C * gt + 16, mstride = gt * kNR + 16;
@@ -1283,20 +1287,15 @@ inline void backward_weight_winograd(float* dw, float* db, const float* dy, cons
     float* mt = scratch(5, kWinoXi * mstride);
     float* dyT = scratch(6, OHW * kNR);
     for (int64_t it = i0; it < i1; ++it) {
-      const int64_t ch = it / noct, ot = it % noct, oc0 = ot * kNR;
-      const int nr = static_cast<int>(std::min<int64_t>(kNR, OC - oc0));
-      const int nv = (nr + L - 1) / L, nrl = nv * L;
+      const int64_t ch = it / nitems_oc, ot0 = (it % nitems_oc) * tiles_per_item;
+      const int64_t ot1 = std::min(noct, ot0 + tiles_per_item);
       float* pu = partial + ch * pstride;
-      float* pb = pu + kWinoXi * C * ocpad + oc0;
-      for (int64_t j = 0; j < kNR; ++j) pb[j] = 0.f;
-      bool first = true;
-      const int64_t n_end = std::min(p.N, (ch + 1) * per);
-      for (int64_t n0 = ch * per; n0 < n_end; n0 += S_) {
+      for (int64_t j = ot0 * kNR; j < ot1 * kNR; ++j) pu[kWinoXi * C * ocpad + j] = 0.f;
+      const int64_t n_first = ch * per, n_end = std::min(p.N, (ch + 1) * per);
+      for (int64_t n0 = n_first; n0 < n_end; n0 += S_) {
         const int64_t ns = std::min<int64_t>(S_, n_end - n0), nt = ns * tpad;
-        for (int64_t s = 0; s < ns; ++s) {
-          const int64_t n = n0 + s;
-          // V of the sample: lanes = tiles (as in the forward)
-          make_flat_input(z, x + n * C * HW, C, tp, in);
+        for (int64_t s = 0; s < ns; ++s) {  // V of the samples: lanes = tiles (as the forward)
+          make_flat_input(z, x + (n0 + s) * C * HW, C, tp, in);
           for (int64_t v = 0; v < nvt; ++v) {
             const uint32_t* mbits = f.bits.data() + v * 16;
             for (int64_t c = 0; c < C; ++c) {
@@ -1308,46 +1307,53 @@ inline void backward_weight_winograd(float* dw, float* db, const float* dy, cons
                 S::store(vb + xi * vstride + c * gt + s * tpad + v * L, d[xi]);
             }
           }
-          // dM^T of the sample: lanes = output channels, from the transposed dy
-          pack_dy_transposed(dyT, nrl, dy + n * OC * OHW, oc0, OC, OHW, pb);
-          for (int64_t t = 0; t < tpad; ++t) {
-            float* mrow = mt + (s * tpad + t) * nrl;
-            if (t >= ntiles) {  // padding lanes of the last vector: no contribution
-              for (int xi = 0; xi < 16; ++xi)
-                for (int k = 0; k < nv; ++k) S::store(mrow + xi * mstride + k * L, S::zero());
-              continue;
+        }
+        for (int64_t ot = ot0; ot < ot1; ++ot) {
+          const int64_t oc0 = ot * kNR;
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, OC - oc0));
+          const int nv = (nr + L - 1) / L, nrl = nv * L;
+          float* pb = pu + kWinoXi * C * ocpad + oc0;
+          for (int64_t s = 0; s < ns; ++s) {  // dM^T: lanes = output channels, from dy^T
+            pack_dy_transposed(dyT, nrl, dy + (n0 + s) * OC * OHW, oc0, OC, OHW, pb);
+            for (int64_t t = 0; t < tpad; ++t) {
+              float* mrow = mt + (s * tpad + t) * nrl;
+              if (t >= ntiles) {  // padding lanes of the last vector: no contribution
+                for (int xi = 0; xi < 16; ++xi)
+                  for (int k = 0; k < nv; ++k) S::store(mrow + xi * mstride + k * L, S::zero());
+                continue;
+              }
+              const int64_t i = t / tw, j = t % tw;
+              for (int k = 0; k < nv; ++k) {
+                V dyv[4], m[16];
+                for (int a = 0; a < 2; ++a)
+                  for (int b = 0; b < 2; ++b) {
+                    const int64_t oh = 2 * i + a, ow = 2 * j + b;
+                    dyv[a * 2 + b] = oh < p.OH && ow < p.OW
+                                         ? S::load(dyT + (oh * p.OW + ow) * nrl + k * L)
+                                         : S::zero();
+                  }
+                winograd_output_adjoint(dyv, m);
+                for (int xi = 0; xi < 16; ++xi) S::store(mrow + xi * mstride + k * L, m[xi]);
+              }
             }
-            const int64_t i = t / tw, j = t % tw;
-            for (int k = 0; k < nv; ++k) {
-              V dyv[4], m[16];
-              for (int a = 0; a < 2; ++a)
-                for (int b = 0; b < 2; ++b) {
-                  const int64_t oh = 2 * i + a, ow = 2 * j + b;
-                  dyv[a * 2 + b] = oh < p.OH && ow < p.OW
-                                       ? S::load(dyT + (oh * p.OW + ow) * nrl + k * L)
-                                       : S::zero();
-                }
-              winograd_output_adjoint(dyv, m);
-              for (int xi = 0; xi < 16; ++xi) S::store(mrow + xi * mstride + k * L, m[xi]);
+          }
+          // 16 products over the group's tiles, accumulated into the chunk's dU^T
+          DwRows r;
+          r.arow = 0;
+          r.acol = 1;
+          r.OH = 1;
+          r.OW = nt;
+          for (int xi = 0; xi < 16; ++xi) {
+            const float* vx = vb + xi * vstride;
+            const float* mx = mt + xi * mstride;
+            for (int64_t c0 = 0; c0 < C; c0 += kMR) {
+              const int mr = static_cast<int>(std::min<int64_t>(kMR, C - c0));
+              for (int i = 0; i < mr; ++i) r.off[i] = (c0 + i) * gt;
+              ukernel_dw_for(mr, nv)(1, &vx, &mx, r, pu + (xi * C + c0) * ocpad + oc0, ocpad,
+                                     n0 != n_first);
             }
           }
         }
-        // 16 products over the group's tiles, accumulated into the chunk's dU^T
-        DwRows r;
-        r.arow = 0;
-        r.acol = 1;
-        r.OH = 1;
-        r.OW = nt;
-        for (int xi = 0; xi < 16; ++xi) {
-          const float* vx = vb + xi * vstride;
-          const float* mx = mt + xi * mstride;
-          for (int64_t c0 = 0; c0 < C; c0 += kMR) {
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, C - c0));
-            for (int i = 0; i < mr; ++i) r.off[i] = (c0 + i) * gt;
-            ukernel_dw_for(mr, nv)(1, &vx, &mx, r, pu + (xi * C + c0) * ocpad + oc0, ocpad, !first);
-          }
-        }
-        first = false;
       }
     }
   });
