@@ -1,6 +1,6 @@
 // conv_kernel_bench.cpp: the AVX-512 convolution pieces in isolation, one thread, CPU time
 // (robust on a shared machine), as a fraction of an FMA loop timed just before each case.
-//   g++ -O3 -std=c++17 -fopenmp -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2 \
+//   g++ -O3 -std=c++17 -fopenmp -fno-tree-loop-distribute-patterns -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mavx2 \
 //       -Icsrc bench/dev/conv_kernel_bench.cpp csrc/common/cpu_features.cpp -o /tmp/ckb
 //   /tmp/ckb [N]
 #define DK_ISA_NS avx512
