@@ -4,7 +4,7 @@
 //       -Icsrc bench/dev/conv_kernel_bench.cpp csrc/common/cpu_features.cpp -o /tmp/ckb
 //   /tmp/ckb [N]
 #define DK_ISA_NS avx512
-#include "cpu/conv2d_fast.h"
+#include "cpu/conv2d_entry.h"
 
 #include <time.h>
 

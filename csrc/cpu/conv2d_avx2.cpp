@@ -1,3 +1,3 @@
-// conv2d_avx2.cpp: conv2d_fast.h compiled for AVX2 + FMA (called only on CPUs that have them).
+// conv2d_avx2.cpp: the float32 convolution kernels compiled for AVX2 + FMA (called only on CPUs that have them).
 #define DK_ISA_NS avx2
-#include "cpu/conv2d_fast.h"
+#include "cpu/conv2d_entry.h"

@@ -11,6 +11,7 @@
 // These ops read and write each element once (batch norm: a second read that hits L2), so
 // their speed is memory bandwidth: the kernels are single passes with full-vector loads and
 // stores, no branches per element, and one contiguous range (or whole planes) per thread.
+#pragma once
 #ifndef DK_ISA_NS
 #error "define DK_ISA_NS before including layers_fast.h"
 #endif
