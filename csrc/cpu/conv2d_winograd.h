@@ -93,6 +93,22 @@ inline void winograd_input_transform(Simd::V d[16]) {
   }
 }
 
+// V = B^T d B of the tiles of vector v (L tiles) for all C channels of a phase-split sample
+// z: position xi of channel c goes to dst[xi * xstride + c * cstride] (L floats).
+inline void winograd_transform_tiles(float* dst, int64_t xstride, int64_t cstride, const float* z,
+                                     int64_t cs, int64_t C, int64_t v, const FlatSpec& f) {
+  using S = Simd;
+  constexpr int L = S::L;
+  const uint32_t* mbits = f.bits.data() + v * 16;
+  for (int64_t c = 0; c < C; ++c) {
+    const float* src = z + c * cs + v * L;
+    S::V d[16];
+    for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
+    winograd_input_transform(d);
+    for (int xi = 0; xi < 16; ++xi) S::store(dst + xi * xstride + c * cstride, d[xi]);
+  }
+}
+
 // A^T m A for 4 x 4 vectors -> y[a*2 + b], the 2 x 2 outputs.
 inline void winograd_output_transform(const Simd::V m[16], Simd::V y[4]) {
   using S = Simd;
@@ -189,14 +205,7 @@ inline void forward_winograd(float* y, const float* x, const float* w, const flo
           make_flat_input(z, xn, C, tp, in);
           zn = n;
         }
-        const uint32_t* mbits = f.bits.data() + v * 16;
-        for (int64_t c = 0; c < C; ++c) {
-          const float* src = z + c * in.cs + v * L;
-          V d[16];
-          for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
-          winograd_input_transform(d);
-          for (int xi = 0; xi < 16; ++xi) S::store(vb + xi * vstride + c * ldb + j * L, d[xi]);
-        }
+        winograd_transform_tiles(vb + j * L, vstride, ldb, z, in.cs, C, v, f);
       }
       // 2. + 3. per chunk of output channels: 16 GEMMs, then the output transform
       for (int64_t oc0 = 0; oc0 < OC; oc0 += occ) {
@@ -301,17 +310,8 @@ inline void backward_weight_winograd(float* dw, float* db, const float* dy, cons
         const int64_t ns = std::min<int64_t>(S_, n_end - n0), nt = ns * tpad;
         for (int64_t s = 0; s < ns; ++s) {  // V of the samples: lanes = tiles (as the forward)
           make_flat_input(z, x + (n0 + s) * C * HW, C, tp, in);
-          for (int64_t v = 0; v < nvt; ++v) {
-            const uint32_t* mbits = f.bits.data() + v * 16;
-            for (int64_t c = 0; c < C; ++c) {
-              const float* src = z + c * in.cs + v * L;
-              V d[16];
-              for (int t = 0; t < 16; ++t) d[t] = S::loadm(src + f.off[t], S::mask(mbits[t]));
-              winograd_input_transform(d);
-              for (int xi = 0; xi < 16; ++xi)
-                S::store(vb + xi * vstride + c * gt + s * tpad + v * L, d[xi]);
-            }
-          }
+          for (int64_t v = 0; v < nvt; ++v)
+            winograd_transform_tiles(vb + s * tpad + v * L, vstride, gt, z, in.cs, C, v, f);
         }
         for (int64_t ot = ot0; ot < ot1; ++ot) {
           const int64_t oc0 = ot * kNR;
