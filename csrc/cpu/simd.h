@@ -63,6 +63,7 @@ struct Simd {
   static I xor_i32(I a, I b) { return _mm512_xor_si512(a, b); }
   static I lt_u32_one(I a, I b) { return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(a, b), 1); }
   static I mul_epu32(I a, I b) { return _mm512_mul_epu32(a, b); }  // even lanes, 64-bit products
+  static I mullo_i32(I a, I b) { return _mm512_mullo_epi32(a, b); }
   static I srli64(I a, int n) { return _mm512_srli_epi64(a, static_cast<unsigned>(n)); }
   static I slli64(I a, int n) { return _mm512_slli_epi64(a, static_cast<unsigned>(n)); }
   static I blend_odd(I a, I b) { return _mm512_mask_blend_epi32(0xAAAA, a, b); }  // odd lanes from b
@@ -218,6 +219,7 @@ struct Simd {
     return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(1));
   }
   static I mul_epu32(I a, I b) { return _mm256_mul_epu32(a, b); }
+  static I mullo_i32(I a, I b) { return _mm256_mullo_epi32(a, b); }
   static I srli64(I a, int n) { return _mm256_srli_epi64(a, n); }
   static I slli64(I a, int n) { return _mm256_slli_epi64(a, n); }
   static I blend_odd(I a, I b) { return _mm256_blend_epi32(a, b, 0xAA); }
