@@ -16,7 +16,7 @@ constexpr int64_t kGrain = 1 << 15;
 template <class T>
 void relu_forward(T* y, const T* x, int64_t n) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers()) return DK_FAST(relu_forward_f32)(y, x, n);
+    if (DK_TRY_FAST(relu_forward_f32, y, x, n)) return;
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     const T* __restrict xi = x;
     T* __restrict yi = y;
@@ -28,7 +28,7 @@ void relu_forward(T* y, const T* x, int64_t n) {
 template <class T>
 void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers()) return DK_FAST(relu_backward_f32)(dx, dy, y, n);
+    if (DK_TRY_FAST(relu_backward_f32, dx, dy, y, n)) return;
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     const T* __restrict dyi = dy;
     const T* __restrict yi = y;

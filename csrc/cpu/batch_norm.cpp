@@ -122,7 +122,7 @@ void forward_train_fast(float* y, float* save_mean, float* save_invstd, float* r
   const int64_t M = p.N * p.HW, C = p.C;
   std::vector<double> K(C), s1(C), s2(C);
   for (int64_t c = 0; c < C; ++c) K[c] = channel_shift(x, c, p);
-  DK_FAST(batch_norm_stats_f32)(x, p, K.data(), s1.data(), s2.data());
+  DK_TRY_FAST(batch_norm_stats_f32, x, p, K.data(), s1.data(), s2.data());
   std::vector<float> mean(C), scale(C), shift(C);
   for (int64_t c = 0; c < C; ++c) {
     const ChannelStats st = channel_stats(K[c], s1[c], s2[c], M, p.eps);
@@ -133,7 +133,7 @@ void forward_train_fast(float* y, float* save_mean, float* save_invstd, float* r
     scale[c] = static_cast<float>(st.invstd * (w ? static_cast<double>(w[c]) : 1.0));
     shift[c] = static_cast<float>(b ? static_cast<double>(b[c]) : 0.0);
   }
-  DK_FAST(batch_norm_affine_f32)(y, x, p, mean.data(), scale.data(), shift.data());
+  DK_TRY_FAST(batch_norm_affine_f32, y, x, p, mean.data(), scale.data(), shift.data());
 }
 
 }  // namespace
@@ -176,8 +176,7 @@ void batch_norm_forward_eval(T* y, T* save_mean, T* save_invstd, const T* x, con
     shift[c] = static_cast<T>(b ? static_cast<double>(b[c]) : 0.0);
   }
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers())
-      return DK_FAST(batch_norm_affine_f32)(y, x, p, mean.data(), scale.data(), shift.data());
+    if (DK_TRY_FAST(batch_norm_affine_f32, y, x, p, mean.data(), scale.data(), shift.data())) return;
   parallel_for(p.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) channel_affine(y, x, c, p, mean[c], scale[c], shift[c]);
   });
@@ -198,7 +197,7 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
     if (has_fast_layers()) {
       std::vector<double> mean(C), sdy(C), sdyx(C);
       for (int64_t c = 0; c < C; ++c) mean[c] = save_mean[c];
-      DK_FAST(batch_norm_grad_sums_f32)(dy, x, p, mean.data(), sdy.data(), sdyx.data());
+      DK_TRY_FAST(batch_norm_grad_sums_f32, dy, x, p, mean.data(), sdy.data(), sdyx.data());
       std::vector<float> k(C), kx(C), k0(C);
       for (int64_t c = 0; c < C; ++c) {
         const GradCoefs g = finish(c, sdy[c], sdyx[c]);
@@ -206,7 +205,8 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
         kx[c] = static_cast<float>(g.kx);
         k0[c] = static_cast<float>(g.k0);
       }
-      return DK_FAST(batch_norm_grad_apply_f32)(dx, dy, x, p, save_mean, k.data(), kx.data(), k0.data());
+      DK_TRY_FAST(batch_norm_grad_apply_f32, dx, dy, x, p, save_mean, k.data(), kx.data(), k0.data());
+      return;
     }
   }
   parallel_for(C, 1, [&](int64_t c0, int64_t c1) {

@@ -258,18 +258,13 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
   return ConvAlgo::portable;
 }
 
-namespace {
-template <class F512, class F2>
-void run_fast(Isa isa, const F512& f512, const F2& f2) {
+// RUN_FAST(call): the fast float32 kernel of the active SIMD level (namespaces avx512 / avx2,
+// conv2d_algo.h); choose_conv_algo never picks one in builds without x86 variants.
 #ifdef DK_HAVE_X86_VARIANTS
-  if (isa == Isa::avx512) return f512();
-  return f2();
+#define DK_RUN_FAST(isa, call) ((isa) == Isa::avx512 ? avx512::call : avx2::call)
 #else
-  (void)isa; (void)f512; (void)f2;
-  throw std::logic_error("fast conv2d kernels are not built");
+#define DK_RUN_FAST(isa, call) throw std::logic_error("conv2d: no fast kernels in this build")
 #endif
-}
-}  // namespace
 
 namespace {
 // y = conv2d(x, w, b), then ReLU when relu: inside the store of each output tile where the
@@ -281,8 +276,7 @@ void forward_impl(T* y, const T* x, const T* w, const T* b, const Conv2dParams& 
     const ConvAlgo a = choose_conv_algo(p, ConvDir::forward, isa);
     const bool fused = relu && (a == ConvAlgo::flat || a == ConvAlgo::winograd);
     if (a != ConvAlgo::portable) {
-      run_fast(isa, [&] { avx512::conv2d_forward_f32(y, x, w, b, p, a, fused); },
-               [&] { avx2::conv2d_forward_f32(y, x, w, b, p, a, fused); });
+      DK_RUN_FAST(isa, conv2d_forward_f32(y, x, w, b, p, a, fused));
       if (relu && !fused) relu_forward(y, y, p.N * p.OC * p.OH * p.OW);
       return;
     }
@@ -308,8 +302,7 @@ void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dParams& p
     const Isa isa = active_isa();
     const ConvAlgo a = choose_conv_algo(p, ConvDir::backward_input, isa);
     if (a != ConvAlgo::portable)
-      return run_fast(isa, [&] { avx512::conv2d_backward_input_f32(dx, dy, w, p, a); },
-                      [&] { avx2::conv2d_backward_input_f32(dx, dy, w, p, a); });
+      return DK_RUN_FAST(isa, conv2d_backward_input_f32(dx, dy, w, p, a));
   }
   portable_backward_input(dx, dy, w, p);
 }
@@ -320,8 +313,7 @@ void conv2d_backward_weight(T* dw, T* db, const T* dy, const T* x, const Conv2dP
     const Isa isa = active_isa();
     const ConvAlgo a = choose_conv_algo(p, ConvDir::backward_weight, isa);
     if (a != ConvAlgo::portable)
-      return run_fast(isa, [&] { avx512::conv2d_backward_weight_f32(dw, db, dy, x, p, a); },
-                      [&] { avx2::conv2d_backward_weight_f32(dw, db, dy, x, p, a); });
+      return DK_RUN_FAST(isa, conv2d_backward_weight_f32(dw, db, dy, x, p, a));
   }
   portable_backward_weight(dw, db, dy, x, p);
 }

@@ -45,8 +45,9 @@ inline void apply_mask(T* __restrict y, const T* __restrict x, const uint8_t* __
 // it handles every p < 1 (the threshold then fits in 32 bits).
 void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed) {
   const uint64_t thresh = dropout_threshold(p);
-  if (has_fast_layers() && thresh < (uint64_t(1) << 32))
-    return DK_FAST(dropout_mask_f32)(mask, n, static_cast<uint32_t>(thresh), seed);
+  if (thresh < (uint64_t(1) << 32) &&
+      DK_TRY_FAST(dropout_mask_f32, mask, n, static_cast<uint32_t>(thresh), seed))
+    return;
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) { mask_range(mask, b, e, thresh, seed); });
 }
 
@@ -56,8 +57,9 @@ void dropout_forward(T* y, uint8_t* mask, const T* x, int64_t n, double p, uint6
   const bool drop_all = p >= 1.0;
   const T scale = drop_all ? T(0) : static_cast<T>(1.0 / (1.0 - p));
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && !drop_all)
-      return DK_FAST(dropout_forward_f32)(y, mask, x, n, static_cast<uint32_t>(thresh), seed, scale);
+    if (!drop_all &&
+        DK_TRY_FAST(dropout_forward_f32, y, mask, x, n, static_cast<uint32_t>(thresh), seed, scale))
+      return;
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     mask_range(mask, b, e, thresh, seed);
     if (drop_all)
@@ -72,7 +74,7 @@ void dropout_backward(T* dx, const T* dy, const uint8_t* mask, int64_t n, double
   const bool drop_all = p >= 1.0;
   const T scale = drop_all ? T(0) : static_cast<T>(1.0 / (1.0 - p));
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && !drop_all) return DK_FAST(dropout_backward_f32)(dx, dy, mask, n, scale);
+    if (!drop_all && DK_TRY_FAST(dropout_backward_f32, dx, dy, mask, n, scale)) return;
   parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
     if (drop_all)
       std::fill(dx + b, dx + e, T(0));

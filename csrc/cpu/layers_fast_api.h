@@ -40,19 +40,22 @@ DK_LAYERS_FAST_DECL(avx512)
 #endif
 #undef DK_LAYERS_FAST_DECL
 
-// DK_FAST(fn)(args...): the float32 kernel of the active SIMD level; use only after
-// has_fast_layers() said there is one.
-inline bool has_fast_layers() {
+// Calling them from the op files:
+//   DK_TRY_FAST(fn, args...)     runs fn of the active SIMD level and gives true, or gives false
+//                                (nothing run) on CPUs without AVX2;
+//   DK_TRY_FAST_IF(fn, args...)  the same for the kernels that return false for shapes they
+//                                do not take (then nothing was written).
+// In builds without x86 variants both are `false` and their arguments are not compiled.
 #ifdef DK_HAVE_X86_VARIANTS
-  return active_isa() != Isa::scalar;
+inline bool has_fast_layers() { return active_isa() != Isa::scalar; }
+#define DK_FAST(fn) \
+  (::dk::active_isa() == ::dk::Isa::avx512 ? &::dk::cpu::avx512::fn : &::dk::cpu::avx2::fn)
+#define DK_TRY_FAST(fn, ...) (::dk::cpu::has_fast_layers() ? (DK_FAST(fn)(__VA_ARGS__), true) : false)
+#define DK_TRY_FAST_IF(fn, ...) (::dk::cpu::has_fast_layers() && DK_FAST(fn)(__VA_ARGS__))
 #else
-  return false;
-#endif
-}
-#ifdef DK_HAVE_X86_VARIANTS
-#define DK_FAST(fn) (::dk::active_isa() == ::dk::Isa::avx512 ? &::dk::cpu::avx512::fn : &::dk::cpu::avx2::fn)
-#else
-#define DK_FAST(fn) (static_cast<decltype(&fn)>(nullptr))
+inline bool has_fast_layers() { return false; }
+#define DK_TRY_FAST(fn, ...) false
+#define DK_TRY_FAST_IF(fn, ...) false
 #endif
 
 }  // namespace dk::cpu

@@ -30,7 +30,7 @@ namespace dk::cpu {
 template <class T>
 void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && DK_FAST(max_pool2d_forward_f32)(y, idx, x, p)) return;
+    if (DK_TRY_FAST_IF(max_pool2d_forward_f32, y, idx, x, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -69,7 +69,7 @@ void max_pool2d_forward(T* y, int64_t* idx, const T* x, const Pool2dParams& p) {
 template <class T>
 void max_pool2d_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dParams& p) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && DK_FAST(max_pool2d_backward_f32)(dx, dy, idx, p)) return;
+    if (DK_TRY_FAST_IF(max_pool2d_backward_f32, dx, dy, idx, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -109,7 +109,7 @@ inline AvgWindow avg_window(const Pool2dParams& p, int64_t oh, int64_t ow) {
 template <class T>
 void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && DK_FAST(avg_pool2d_forward_f32)(y, x, p)) return;
+    if (DK_TRY_FAST_IF(avg_pool2d_forward_f32, y, x, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -131,7 +131,7 @@ void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
 template <class T>
 void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p) {
   if constexpr (std::is_same_v<T, float>)
-    if (has_fast_layers() && DK_FAST(avg_pool2d_backward_f32)(dx, dy, p)) return;
+    if (DK_TRY_FAST_IF(avg_pool2d_backward_f32, dx, dy, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
