@@ -129,7 +129,9 @@ inline void winograd_store_tiles(float* yp, int64_t OH, int64_t OW, int64_t tw, 
                                  int64_t ntiles, const Simd::V y[4]) {
   using S = Simd;
   constexpr int L = S::L;
-  alignas(64) float pairs[2][2 * L];  // per a: the tiles' pixel pairs in tile order
+  // per a: the tiles' pixel pairs in tile order (2L used; 3L so the vector reads of the runs
+  // below, which start anywhere in the first 2L, stay inside the array)
+  alignas(64) float pairs[2][3 * L];
   for (int a = 0; a < 2; ++a) {
     alignas(64) float e[L], o[L];
     S::store(e, y[a * 2]);
