@@ -25,9 +25,13 @@ __all__ = [
 
 
 def _contig(a):
-    """C-contiguous version of an input array (CUDA arrays are handled by their backend)."""
-    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
-        return np.ascontiguousarray(a)
+    """C-contiguous, aligned version of an input array (CUDA arrays are handled by their backend).
+
+    An unaligned array (a view at an odd byte offset) is copied too: the kernels load whole
+    floats, and a misaligned load is undefined behaviour in C++ (UBSan reports it).
+    """
+    if isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.aligned):
+        return np.array(a, order="C", copy=True)
     return a
 
 
@@ -166,7 +170,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     V.float_array(grad_out, "grad_out")
     V.array_kind(indices, "indices")
     if V.dtype_of(indices) != np.int64:
-        raise TypeError(f"indices must be int64, got {V.dtype_of(indices).name}")
+        raise TypeError(f"indices must be int64, got {V.dtype_name(V.dtype_of(indices))}")
     shape = _input_shape(input_shape)
     unbatched = len(shape) == 3
     shape4 = (1,) + shape if unbatched else shape
@@ -234,16 +238,19 @@ def _channel_vec(a, name, C, dtype):
     return a
 
 
-def _inplace_target(a, name, x):
+def _inplace_target(a, name, *others):
     """An array batch_norm writes into: never silently copied (RELIABILITY.md C3)."""
     if not isinstance(a, np.ndarray):
         return a
     if not a.flags.c_contiguous:
         raise ValueError(f"batch_norm: {name} must be C-contiguous (it is updated in place)")
+    if not a.flags.aligned:
+        raise ValueError(f"batch_norm: {name} must be aligned to its item size (it is updated in place)")
     if not a.flags.writeable:
         raise ValueError(f"batch_norm: {name} is not writeable (it is updated in place)")
-    if np.may_share_memory(a, x):
-        raise ValueError(f"batch_norm: {name} must not share memory with x")
+    for other, oname in others:
+        if other is not None and np.may_share_memory(a, other):
+            raise ValueError(f"batch_norm: {name} must not share memory with {oname}")
     return a
 
 
@@ -275,14 +282,17 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     if not training and running_mean is None:
         raise ValueError("batch_norm: running_mean and running_var are required when training=False")
     if training and running_mean is not None:
-        _inplace_target(running_mean, "running_mean", x)
-        _inplace_target(running_var, "running_var", x)
+        inputs = ((x, "x"), (weight, "weight"), (bias, "bias"))
+        _inplace_target(running_mean, "running_mean", *inputs)
+        _inplace_target(running_var, "running_var", *inputs)
         if np.may_share_memory(running_mean, running_var):
             raise ValueError("batch_norm: running_mean and running_var must not share memory")
     M = x.size // C if C else 0
     if training and M <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {V.shape_str(x.shape)}")
     be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
+    if not training:  # read-only inputs in eval: copied like any other input if need be
+        running_mean, running_var = _contig(running_mean), _contig(running_var)
     return be.batch_norm(_contig(x), _contig(weight), _contig(bias), running_mean, running_var,
                          training, momentum, eps)
 
@@ -347,7 +357,12 @@ def dropout(x, p=0.5, training=True, seed=None):
 
 
 def dropout_backward(grad_out, mask, p):
-    """grad_x = grad_out * mask / (1 - p) (zeros when p = 1)."""
+    """grad_x = grad_out * mask / (1 - p) (zeros when p = 1).
+
+    mask: uint8 of grad_out's shape, as dropout returned it; any nonzero entry keeps its
+    element. NaN/Inf in grad_out propagate where the mask keeps (and, as NaN, also where it
+    drops, since 0 * NaN is NaN), except with p = 1, which gives zeros.
+    """
     V.float_array(grad_out, "grad_out")
     V.array_kind(mask, "mask")
     if V.dtype_of(mask) != np.uint8:
