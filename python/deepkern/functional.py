@@ -79,6 +79,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     x: (N, C, H, W) or (C, H, W); weight: (OC, C/groups, KH, KW); bias: (OC,) or None.
     Returns y: (N, OC, OH, OW) with OH = floor((H + 2*ph - dh*(KH-1) - 1)/sh) + 1 (same for OW).
+    NaN/Inf in x reach exactly the outputs whose receptive field holds them (Inf times a zero
+    weight is NaN, as in IEEE arithmetic). NaN/Inf in weight reach the outputs of that filter
+    where the tap reads the input; whether a tap over the zero padding propagates them is not
+    specified (the cpu kernels multiply the padding too, as PyTorch's im2col path does).
     """
     V.float_array(x, "x")
     V.float_array(weight, "weight")
@@ -262,6 +266,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     in place, running_var with the unbiased variance. eval: running stats required, untouched;
     save_mean = running_mean, save_invstd = 1/sqrt(running_var + eps).
     ``momentum`` must be finite (values outside [0, 1] are accepted, as in PyTorch).
+    NaN: a constant channel normalizes to exactly ``bias`` (finite, variance 0, even for
+    constants like 1e30); a channel holding NaN or Inf gives NaN outputs for that channel only.
     """
     V.float_array(x, "x")
     V.check_ndim(x, "batch_norm", (2, 4), "(N, C) or (N, C, H, W)")
@@ -348,6 +354,8 @@ def dropout(x, p=0.5, training=True, seed=None):
     The mask is a pure function of (seed, flat index): the same on any thread count, dtype,
     shape and backend. ``seed=None`` draws the next seed from the stream ``manual_seed`` sets.
     training=False or p=0: y equals x and the mask is all ones; p=1: zeros.
+    NaN in x stays NaN where kept and also where dropped (0 * NaN is NaN, as in PyTorch); p=1
+    gives zeros even there (PyTorch gives NaN).
     """
     V.float_array(x, "x")
     p = _probability(p)
@@ -383,7 +391,10 @@ def relu(x):
 
 
 def relu_backward(grad_out, y):
-    """grad_x = grad_out where y > 0, else 0; y is relu's output."""
+    """grad_x = grad_out where y > 0, else 0; y is relu's output.
+
+    Where y is NaN, y > 0 is false and grad_x is 0 (PyTorch tests y <= 0 and passes grad_out).
+    """
     V.float_array(grad_out, "grad_out")
     V.float_array(y, "y")
     V.same_dtype("relu_backward", grad_out=grad_out, y=y)
