@@ -11,7 +11,8 @@
   hang (deepkern drops to one thread in a forked child; more threads there hang in libgomp).
 
 Deadlocks fail instead of hanging: every test here runs under a faulthandler watchdog that
-dumps all stacks and exits the process after WATCHDOG_S seconds; thread joins have timeouts.
+dumps all stacks (to WATCHDOG_LOG) and exits the process after WATCHDOG_S seconds; thread
+joins have timeouts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import faulthandler
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -37,12 +39,19 @@ ITERATIONS = 10 if under_sanitizer() else 50
 N_THREADS = 8
 
 
+WATCHDOG_LOG = os.path.join(tempfile.gettempdir(), f"deepkern-watchdog-{os.getpid()}.log")
+
+
 @pytest.fixture(autouse=True)
 def watchdog():
-    """A deadlock dumps every thread's stack and ends the process (CI fails, never hangs)."""
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    """A deadlock dumps every thread's stack to WATCHDOG_LOG and ends the process: CI fails, it
+    never hangs. (A file: pytest's captured stderr would be lost with the process.)"""
+    with open(WATCHDOG_LOG, "w") as log:
+        faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=log)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def _same(a, b):

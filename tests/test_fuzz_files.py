@@ -50,6 +50,13 @@ def idx_bytes(a, dtype):
     return head + np.ascontiguousarray(a, dtype=dt).tobytes()
 
 
+class Blob(bytes):
+    """File contents that print as their length (hypothesis prints every draw)."""
+
+    def __repr__(self):
+        return f"<{len(self)} bytes>"
+
+
 @st.composite
 def damage(draw, blob, header_len):
     """blob with one to three kinds of damage (or none: the valid file must load)."""
@@ -69,7 +76,7 @@ def damage(draw, blob, header_len):
             b[pos:pos + 4] = value.to_bytes(4, "big")
         elif kind == "append":
             b += bytes(draw(st.lists(st.integers(0, 255), min_size=1, max_size=16)))
-    return bytes(b), kinds
+    return Blob(b), kinds
 
 
 def _write(path, blob, gz):
@@ -170,7 +177,7 @@ def npz_blob(draw):
         np.savez(buf, **arrays)        # np.savez pickles object arrays: the loader must refuse them
     else:
         (np.savez_compressed if draw(st.booleans()) else np.savez)(buf, **arrays)
-    return buf.getvalue(), trick
+    return Blob(buf.getvalue()), trick
 
 
 @needs_data
