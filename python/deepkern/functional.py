@@ -309,8 +309,10 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=Tr
     grad_weight and grad_bias are None when weight is None. save_mean and save_invstd are
     the ones batch_norm returned.
     """
-    for a, n in ((grad_out, "grad_out"), (x, "x"), (save_mean, "save_mean"), (save_invstd, "save_invstd")):
-        V.float_array(a, n)
+    for a, n in ((grad_out, "grad_out"), (x, "x"), (weight, "weight"), (save_mean, "save_mean"),
+                 (save_invstd, "save_invstd")):
+        if a is not None or n != "weight":
+            V.float_array(a, n)
     V.same_dtype("batch_norm_backward", grad_out=grad_out, x=x, weight=weight,
                  save_mean=save_mean, save_invstd=save_invstd)
     V.check_ndim(x, "batch_norm_backward", (2, 4), "(N, C) or (N, C, H, W)")
