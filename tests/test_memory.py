@@ -104,7 +104,6 @@ def test_outputs_never_alias_inputs_or_each_other(dtype):
     for name, (call, inputs) in make_kernel_calls(seed=1, dtype=dtype).items():
         outs = [o for o in call() if isinstance(o, np.ndarray)]
         for k, o in enumerate(outs):
-            assert o.flags.owndata or o.base is None or not shares_memory_with_any(o, inputs), name
             assert not shares_memory_with_any(o, inputs), f"{name}: output {k} shares memory with an input"
             others = outs[:k] + outs[k + 1:]
             if name != "batch_norm_train":        # (its last two outputs are the running stats)
