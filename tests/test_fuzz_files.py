@@ -271,3 +271,46 @@ def test_optimizer_state_file_with_deeply_nested_metadata():
         np.savez(path, __deepkern_state__=np.array(json.dumps({"__array__": "missing"})))
         with pytest.raises(ValueError):
             optim.load_state(path)
+
+
+# ---------------------------------------------------------------------------- regressions found by the fuzzer
+
+def _npz_with_extract_version_64():
+    """A valid .npz whose central directory says 'version 6.4 needed to extract' (one flipped
+    byte): zipfile raises NotImplementedError, not BadZipFile."""
+    buf = io.BytesIO()
+    np.savez(buf, x=np.ones((2, 1, 2, 2), np.float32), y=np.zeros(2, np.int64))
+    b = bytearray(buf.getvalue())
+    cd = b.index(b"PK\x01\x02")
+    b[cd + 6:cd + 8] = (64).to_bytes(2, "little")
+    return bytes(b)
+
+
+def _npy_with_bad_header_length():
+    """A .npy whose header-length field is off (one byte): numpy's header parser raises
+    tokenize.TokenError (neither ValueError nor OSError). Other single bytes give SyntaxError."""
+    buf = io.BytesIO()
+    np.save(buf, np.ones(3, np.float32))
+    b = bytearray(buf.getvalue())
+    b[8] = 0x27
+    return bytes(b)
+
+
+@needs_data
+@pytest.mark.parametrize("make", [_npz_with_extract_version_64, _npy_with_bad_header_length])
+def test_load_npz_regressions(make):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bad.npz")
+        _write(path, make(), False)
+        with pytest.raises(ValueError, match="bad.npz"):
+            data.load_npz(path)
+
+
+@needs_optim
+@pytest.mark.parametrize("make", [_npz_with_extract_version_64, _npy_with_bad_header_length])
+def test_load_state_regressions(make):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bad.npz")
+        _write(path, make(), False)
+        with pytest.raises(ValueError):
+            optim_module().load_state(path)

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/array_check.h"
+#include "bindings/op_params.h"
 #include "common/parallel.h"
 #include "kernels.h"
 
@@ -16,76 +17,24 @@ namespace dk::py_bind {
 
 namespace {
 
-using Pair = std::pair<int64_t, int64_t>;
+using bind::Pair;
+using bind::Shape;
 
-// Window arguments are bounded as deepkern.functional bounds them (_validate.MAX_ARG), so the
-// int64 arithmetic of window_out_size (in + 2p - d(k-1) - 1) cannot overflow whatever a direct
-// caller of _C passes (UBSan found 2**62 * 2 here).
-constexpr int64_t kMaxArg = (int64_t(1) << 31) - 1;
-
-bool all_at_most_max(std::initializer_list<int64_t> vs) {
-  for (int64_t v : vs)
-    if (v > kMaxArg) return false;
-  return true;
-}
+// Shapes of NumPy arrays as op_params.h's plain vectors.
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
 
 Conv2dParams conv_params(const py::array& x, const py::array& w, const py::array& y, Pair stride,
                          Pair padding, Pair dilation, int64_t groups) {
-  DK_CHECK(x.ndim() == 4 && w.ndim() == 4 && y.ndim() == 4, "conv2d: x, weight, y must be 4-D");
-  Conv2dParams p{};
-  p.N = x.shape(0); p.C = x.shape(1); p.H = x.shape(2); p.W = x.shape(3);
-  p.OC = w.shape(0); p.KH = w.shape(2); p.KW = w.shape(3);
-  p.OH = y.shape(2); p.OW = y.shape(3);
-  p.sh = stride.first; p.sw = stride.second;
-  p.ph = padding.first; p.pw = padding.second;
-  p.dh = dilation.first; p.dw = dilation.second;
-  p.G = groups;
-  DK_CHECK(p.sh > 0 && p.sw > 0 && p.dh > 0 && p.dw > 0 && p.ph >= 0 && p.pw >= 0 && p.G > 0,
-           "conv2d: invalid stride/padding/dilation/groups");
-  DK_CHECK(all_at_most_max({p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, p.G, p.KH, p.KW}),
-           "conv2d: stride/padding/dilation/groups/kernel size above 2**31-1");
-  DK_CHECK(p.C % p.G == 0 && p.OC % p.G == 0 && w.shape(1) * p.G == p.C,
-           "conv2d: channels do not match groups");
-  DK_CHECK(y.shape(0) == p.N && y.shape(1) == p.OC, "conv2d: y has the wrong shape");
-  DK_CHECK(p.OH == window_out_size(p.H, p.KH, p.sh, p.ph, p.dh, false) &&
-               p.OW == window_out_size(p.W, p.KW, p.sw, p.pw, p.dw, false) && p.OH > 0 && p.OW > 0,
-           "conv2d: output size does not match the arguments");
-  return p;
+  return bind::conv_params(shape_of(x), shape_of(w), shape_of(y), stride, padding, dilation, groups);
 }
 
 Pool2dParams pool_params(const py::array& x, const py::array& y, Pair k, Pair s, Pair pad, Pair d,
                          bool ceil_mode, bool count_include_pad) {
-  DK_CHECK(x.ndim() == 4 && y.ndim() == 4, "pool2d: x and y must be 4-D");
-  Pool2dParams p{};
-  p.N = x.shape(0); p.C = x.shape(1); p.H = x.shape(2); p.W = x.shape(3);
-  p.OH = y.shape(2); p.OW = y.shape(3);
-  p.kh = k.first; p.kw = k.second; p.sh = s.first; p.sw = s.second;
-  p.ph = pad.first; p.pw = pad.second; p.dh = d.first; p.dw = d.second;
-  p.count_include_pad = count_include_pad;
-  DK_CHECK(p.kh > 0 && p.kw > 0 && p.sh > 0 && p.sw > 0 && p.dh > 0 && p.dw > 0 && p.ph >= 0 &&
-               p.pw >= 0 && p.ph <= p.kh / 2 && p.pw <= p.kw / 2,
-           "pool2d: invalid kernel/stride/padding/dilation");
-  DK_CHECK(all_at_most_max({p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw}),
-           "pool2d: kernel/stride/padding/dilation above 2**31-1");
-  DK_CHECK(p.H > 0 && p.W > 0, "pool2d: empty input plane");
-  DK_CHECK(y.shape(0) == p.N && y.shape(1) == p.C &&
-               p.OH == window_out_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode) &&
-               p.OW == window_out_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode) && p.OH > 0 &&
-               p.OW > 0,
-           "pool2d: output shape does not match the arguments");
-  return p;
+  return bind::pool_params(shape_of(x), shape_of(y), k, s, pad, d, ceil_mode, count_include_pad);
 }
 
 BatchNormParams bn_params(const py::array& x, double momentum, double eps) {
-  DK_CHECK(x.ndim() == 2 || x.ndim() == 4, "batch_norm: x must be 2-D or 4-D");
-  BatchNormParams p{};
-  p.N = x.shape(0);
-  p.C = x.shape(1);
-  p.HW = x.ndim() == 4 ? x.shape(2) * x.shape(3) : 1;
-  p.momentum = momentum;
-  p.eps = eps;
-  DK_CHECK(eps > 0, "batch_norm: eps must be positive");
-  return p;
+  return bind::bn_params(shape_of(x), momentum, eps);
 }
 
 template <class T>
@@ -184,12 +133,7 @@ void bind_layers(py::module_& m) {
   m.def(
       "max_pool2d_backward",
       [](py::array dx, py::array dy, py::array idx) {
-        DK_CHECK(dx.ndim() == 4 && dy.ndim() == 4, "max_pool2d_backward: 4-D arrays expected");
-        DK_CHECK(dx.shape(0) == dy.shape(0) && dx.shape(1) == dy.shape(1),
-                 "max_pool2d_backward: grad_x and grad_out disagree on (N, C)");
-        Pool2dParams p{};
-        p.N = dx.shape(0); p.C = dx.shape(1); p.H = dx.shape(2); p.W = dx.shape(3);
-        p.OH = dy.shape(2); p.OW = dy.shape(3);
+        const Pool2dParams p = bind::pool_backward_sizes(shape_of(dx), shape_of(dy));
         check_shape(idx, "indices", {p.N, p.C, p.OH, p.OW});
         dispatch_float(dy, "grad_out", [&](auto tag) {
           using T = decltype(tag);

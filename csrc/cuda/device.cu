@@ -1,7 +1,8 @@
-// device.cu: facts about the CUDA runtime and devices, for build_info() and backends().
+// device.cu: facts about the CUDA runtime, the driver and the devices, for build_info() and
+// backends(). Nothing here throws on a machine without a driver or a GPU: the Python layer
+// asks probe_error() and reports the backend as unavailable with that reason.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
 #include <string>
 
 #include "cuda/cuda_common.cuh"
@@ -10,12 +11,10 @@ namespace dk::cuda {
 
 int device_count() {
   int n = 0;
-  cudaError_t err = cudaGetDeviceCount(&n);
-  if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver) {
-    cudaGetLastError();  // clear the sticky-free error state
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error so it is not reported by a later, unrelated check
     return 0;
   }
-  DK_CUDA_CHECK(err);
   return n;
 }
 
@@ -23,6 +22,29 @@ int runtime_version() {
   int v = 0;
   DK_CUDA_CHECK(cudaRuntimeGetVersion(&v));
   return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+std::string probe_error() {
+  const int drv = driver_version();
+  if (drv == 0) return "no CUDA driver is installed (libcuda was not found)";
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("the CUDA driver reports ") + cudaGetErrorName(err) + ": " +
+           cudaGetErrorString(err);
+  }
+  if (n == 0) return "no CUDA device is visible";
+  return "";
 }
 
 }  // namespace dk::cuda

@@ -11,10 +11,13 @@ accept an unbatched (C, H, W) input, as PyTorch does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import _backend
+from . import _backend, _cpu
 from . import _validate as V
+from . import reference as _reference
 from .reference import window_out_size
 
 __all__ = [
@@ -70,7 +73,7 @@ def _conv_args(x, weight, stride, padding, dilation, groups):
         raise ValueError(f"Calculated padded input size per channel: ({H + 2 * p[0]} x {W + 2 * p[1]}). "
                          f"Kernel size: ({ekh} x {ekw}). Kernel size can't be greater than actual input size")
     OH, OW = window_out_size(H, KH, s[0], p[0], d[0]), window_out_size(W, KW, s[1], p[1], d[1])
-    V.check_numel((N, OC, OH, OW), x.dtype, "conv2d output")
+    V.check_numel((N, OC, OH, OW), V.dtype_of(x), "conv2d output")
     return s, p, d, g, (N, OC, OH, OW)
 
 
@@ -244,6 +247,13 @@ def _channel_vec(a, name, C, dtype):
 
 def _inplace_target(a, name, *others):
     """An array batch_norm writes into: never silently copied (RELIABILITY.md C3)."""
+    if V.is_cuda_array(a):  # the same rules, read from __cuda_array_interface__
+        from ._arrays import check_inplace_target
+        check_inplace_target(a, name)
+        for other, oname in others:
+            if other is not None and _may_share_memory(a, other):
+                raise ValueError(f"batch_norm: {name} must not share memory with {oname}")
+        return a
     if not isinstance(a, np.ndarray):
         return a
     if not a.flags.c_contiguous:
@@ -253,9 +263,18 @@ def _inplace_target(a, name, *others):
     if not a.flags.writeable:
         raise ValueError(f"batch_norm: {name} is not writeable (it is updated in place)")
     for other, oname in others:
-        if other is not None and np.may_share_memory(a, other):
+        if other is not None and _may_share_memory(a, other):
             raise ValueError(f"batch_norm: {name} must not share memory with {oname}")
     return a
+
+
+def _may_share_memory(a, b):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    if V.is_cuda_array(a) and V.is_cuda_array(b):
+        from ._arrays import may_share_memory
+        return may_share_memory(a, b)
+    return False  # a NumPy array and a CUDA array: the backend dispatch rejects the mix
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -291,9 +310,9 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
         inputs = ((x, "x"), (weight, "weight"), (bias, "bias"))
         _inplace_target(running_mean, "running_mean", *inputs)
         _inplace_target(running_var, "running_var", *inputs)
-        if np.may_share_memory(running_mean, running_var):
+        if _may_share_memory(running_mean, running_var):
             raise ValueError("batch_norm: running_mean and running_var must not share memory")
-    M = x.size // C if C else 0
+    M = math.prod(int(v) for v in x.shape) // C  # (x.size is a method on torch tensors)
     if training and M <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {V.shape_str(x.shape)}")
     be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
@@ -404,3 +423,22 @@ def relu_backward(grad_out, y):
         raise ValueError(f"relu_backward: y has shape {V.shape_str(y.shape)}, expected grad_out's "
                          f"{V.shape_str(grad_out.shape)}")
     return _backend.for_arrays(grad_out, y).relu_backward(_contig(grad_out), _contig(y))
+
+
+# ---------------------------------------------------------------------------- fast path for nn layers
+#
+# A layer of deepkern.nn calls the same op thousands of times with the same shapes, and at
+# small sizes the validation above costs as much as the kernel (~8 us for conv2d). So a layer
+# calls the public function the first time, and again whenever its input's shape, dtype or
+# contiguity or its parameter arrays change; in between it calls the backend directly:
+#
+#     y = F._unchecked(x).conv2d(x, w, b, stride, padding, dilation, groups)
+#
+# with the normalized arguments it computed once (pairs as tuples, 4-D C-contiguous arrays,
+# the argument order of deepkern.reference). Only NumPy arrays take this path. The C++
+# bindings still check every array they are given (dtype, contiguity, sizes), so a stale
+# check can give a less friendly error, never a crash or a silent wrong answer.
+
+def _unchecked(x):
+    """The backend module for NumPy array ``x``: the reference inside use_backend("numpy"), else cpu."""
+    return _reference if _backend._mode.get() == "numpy" else _cpu
