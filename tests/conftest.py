@@ -12,8 +12,11 @@ from hypothesis import HealthCheck, settings
 
 import deepkern
 
-# CI: deterministic and bounded; "dev" for longer local fuzzing (HYPOTHESIS_PROFILE=dev).
+# CI: deterministic and bounded ("ci-deep": more examples, .ci/extra); "dev" for longer local
+# fuzzing (HYPOTHESIS_PROFILE=dev).
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci-deep", max_examples=150, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("dev", max_examples=400, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -101,3 +104,24 @@ def assert_unchanged(*arrays):
     for k, (a, b) in enumerate(zip(arrays, before)):
         if a is not None:
             assert np.array_equal(np.asarray(a).view(np.uint8), b.view(np.uint8)), f"argument {k} was modified"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz-case counts of tests/opinfo.py, when fuzz tests ran (also as JSON to the file
+    named by $DEEPKERN_FUZZ_STATS)."""
+    import json
+    import sys
+    opinfo = sys.modules.get("opinfo")
+    if opinfo is None or not opinfo.FUZZ_STATS:
+        return
+    s = opinfo.fuzz_summary()
+    terminalreporter.section("deepkern fuzz cases")
+    for op, c in s["ops"].items():
+        terminalreporter.write_line(f"{op:28s} valid {c['valid']:6d}   invalid {c['invalid']:6d}")
+    t = s["total"]
+    terminalreporter.write_line(f"{'total':28s} valid {t['valid']:6d}   invalid {t['invalid']:6d}   "
+                                f"all {t['valid'] + t['invalid']}")
+    path = os.environ.get("DEEPKERN_FUZZ_STATS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(s, f, indent=1)

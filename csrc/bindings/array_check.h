@@ -31,6 +31,9 @@ void check_array(const py::array& a, const char* name) {
     throw py::type_error(str_cat(name, " must be ", py::str(py::dtype::of<T>()).cast<std::string>(),
                                  ", got ", py::str(a.dtype()).cast<std::string>()));
   DK_CHECK(a.flags() & py::array::c_style, name, " must be C-contiguous");
+  // NumPy allows views at any byte offset; loading a float from one is undefined behaviour.
+  DK_CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) == 0, name,
+           " must be aligned to its item size");
 }
 
 template <class T>

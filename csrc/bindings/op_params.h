@@ -3,6 +3,7 @@
 // make before a kernel may trust them. Shapes are plain vectors, so the two share one copy.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -13,6 +14,17 @@ namespace dk::bind {
 
 using Shape = std::vector<int64_t>;
 using Pair = std::pair<int64_t, int64_t>;
+
+// Window arguments are bounded as deepkern.functional bounds them (_validate.MAX_ARG), so the
+// int64 arithmetic of window_out_size (in + 2p - d(k-1) - 1) cannot overflow whatever a direct
+// caller of a binding passes (UBSan found 2**62 * 2 there).
+constexpr int64_t kMaxArg = (int64_t(1) << 31) - 1;
+
+inline bool all_at_most_max(std::initializer_list<int64_t> vs) {
+  for (int64_t v : vs)
+    if (v > kMaxArg) return false;
+  return true;
+}
 
 inline Conv2dParams conv_params(const Shape& x, const Shape& w, const Shape& y, Pair stride,
                                 Pair padding, Pair dilation, int64_t groups) {
@@ -27,6 +39,8 @@ inline Conv2dParams conv_params(const Shape& x, const Shape& w, const Shape& y, 
   p.G = groups;
   DK_CHECK(p.sh > 0 && p.sw > 0 && p.dh > 0 && p.dw > 0 && p.ph >= 0 && p.pw >= 0 && p.G > 0,
            "conv2d: invalid stride/padding/dilation/groups");
+  DK_CHECK(all_at_most_max({p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, p.G, p.KH, p.KW}),
+           "conv2d: stride/padding/dilation/groups/kernel size above 2**31-1");
   DK_CHECK(p.C % p.G == 0 && p.OC % p.G == 0 && w[1] * p.G == p.C,
            "conv2d: channels do not match groups");
   DK_CHECK(y[0] == p.N && y[1] == p.OC, "conv2d: y has the wrong shape");
@@ -48,6 +62,8 @@ inline Pool2dParams pool_params(const Shape& x, const Shape& y, Pair k, Pair s, 
   DK_CHECK(p.kh > 0 && p.kw > 0 && p.sh > 0 && p.sw > 0 && p.dh > 0 && p.dw > 0 && p.ph >= 0 &&
                p.pw >= 0 && p.ph <= p.kh / 2 && p.pw <= p.kw / 2,
            "pool2d: invalid kernel/stride/padding/dilation");
+  DK_CHECK(all_at_most_max({p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw}),
+           "pool2d: kernel/stride/padding/dilation above 2**31-1");
   DK_CHECK(p.H > 0 && p.W > 0, "pool2d: empty input plane");
   DK_CHECK(y[0] == p.N && y[1] == p.C &&
                p.OH == window_out_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode) &&

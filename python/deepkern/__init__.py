@@ -11,6 +11,7 @@ See ``deepkern.functional`` for the ops, ``deepkern.reference`` for their math i
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -56,7 +57,11 @@ def _generator() -> np.random.Generator:
 # ---- threads and build facts
 
 def set_num_threads(n: int) -> None:
-    """Set the number of CPU threads every kernel uses (default: OpenMP's, OMP_NUM_THREADS)."""
+    """Set the number of CPU threads every kernel uses (default: OpenMP's, OMP_NUM_THREADS).
+
+    A process forked from one that used deepkern starts with 1 thread (see _after_fork_in_child:
+    with GNU OpenMP, more threads there would hang).
+    """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if n < 1:
@@ -67,6 +72,20 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of CPU threads the kernels use."""
     return _C.get_num_threads()
+
+
+# fork: GNU libgomp cannot run a parallel region in a child forked after the parent ran one
+# (the child waits forever for the parent's worker threads, which fork did not copy; LightGBM
+# #4751, pytorch #17199). So a forked child starts with one thread: its kernels never enter
+# OpenMP and cannot hang. Raising it again with set_num_threads in such a child hangs with
+# libgomp: use the "spawn" or "forkserver" start method of multiprocessing (or
+# OMP_NUM_THREADS=1) for worker processes that need threads.
+def _after_fork_in_child() -> None:
+    _C.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def build_info() -> dict:

@@ -34,10 +34,19 @@ def dtype_of(a):
     return np.dtype(a.dtype) if isinstance(a, np.ndarray) else np.dtype(a.__cuda_array_interface__["typestr"])
 
 
+def dtype_name(dt):
+    """NumPy's name of a dtype, with the byte order when it is not the machine's (">f4")."""
+    dt = np.dtype(dt)
+    return dt.name if dt.isnative else f"{dt.name} (non-native byte order {dt.str})"
+
+
 def float_array(a, name, allowed=FLOAT_DTYPES):
     """An array of a supported floating dtype, else TypeError naming the dtype."""
     array_kind(a, name)
     dt = dtype_of(a)
+    if dt not in allowed and dt.newbyteorder("=") in allowed:
+        raise TypeError(f"{name} has non-native byte order ({dt.str}); convert it first with "
+                        f"{name}.astype(np.{dt.name})")
     if dt not in allowed:
         names = " or ".join(d.name for d in allowed)
         raise TypeError(f"{name} has unsupported dtype {dt.name}; deepkern supports {names}")

@@ -28,9 +28,13 @@ __all__ = [
 
 
 def _contig(a):
-    """C-contiguous version of an input array (CUDA arrays are handled by their backend)."""
-    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
-        return np.ascontiguousarray(a)
+    """C-contiguous, aligned version of an input array (CUDA arrays are handled by their backend).
+
+    An unaligned array (a view at an odd byte offset) is copied too: the kernels load whole
+    floats, and a misaligned load is undefined behaviour in C++ (UBSan reports it).
+    """
+    if isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.aligned):
+        return np.array(a, order="C", copy=True)
     return a
 
 
@@ -78,6 +82,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     x: (N, C, H, W) or (C, H, W); weight: (OC, C/groups, KH, KW); bias: (OC,) or None.
     Returns y: (N, OC, OH, OW) with OH = floor((H + 2*ph - dh*(KH-1) - 1)/sh) + 1 (same for OW).
+    NaN/Inf in x reach exactly the outputs whose receptive field holds them (Inf times a zero
+    weight is NaN, as in IEEE arithmetic). NaN/Inf in weight reach the outputs of that filter
+    where the tap reads the input; whether a tap over the zero padding propagates them is not
+    specified (the cpu kernels multiply the padding too, as PyTorch's im2col path does).
     """
     x4, unbatched, args, be = _conv2d_prepare(x, weight, bias, stride, padding, dilation, groups, "conv2d")
     y = be.conv2d(*args)
@@ -191,7 +199,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     V.float_array(grad_out, "grad_out")
     V.array_kind(indices, "indices")
     if V.dtype_of(indices) != np.int64:
-        raise TypeError(f"indices must be int64, got {V.dtype_of(indices).name}")
+        raise TypeError(f"indices must be int64, got {V.dtype_name(V.dtype_of(indices))}")
     shape = _input_shape(input_shape)
     unbatched = len(shape) == 3
     shape4 = (1,) + shape if unbatched else shape
@@ -259,22 +267,26 @@ def _channel_vec(a, name, C, dtype):
     return a
 
 
-def _inplace_target(a, name, x):
+def _inplace_target(a, name, *others):
     """An array batch_norm writes into: never silently copied (RELIABILITY.md C3)."""
     if V.is_cuda_array(a):  # the same rules, read from __cuda_array_interface__
         from ._arrays import check_inplace_target
         check_inplace_target(a, name)
-        if _may_share_memory(a, x):
-            raise ValueError(f"batch_norm: {name} must not share memory with x")
+        for other, oname in others:
+            if other is not None and _may_share_memory(a, other):
+                raise ValueError(f"batch_norm: {name} must not share memory with {oname}")
         return a
     if not isinstance(a, np.ndarray):
         return a
     if not a.flags.c_contiguous:
         raise ValueError(f"batch_norm: {name} must be C-contiguous (it is updated in place)")
+    if not a.flags.aligned:
+        raise ValueError(f"batch_norm: {name} must be aligned to its item size (it is updated in place)")
     if not a.flags.writeable:
         raise ValueError(f"batch_norm: {name} is not writeable (it is updated in place)")
-    if _may_share_memory(a, x):
-        raise ValueError(f"batch_norm: {name} must not share memory with x")
+    for other, oname in others:
+        if other is not None and _may_share_memory(a, other):
+            raise ValueError(f"batch_norm: {name} must not share memory with {oname}")
     return a
 
 
@@ -295,6 +307,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     in place, running_var with the unbiased variance. eval: running stats required, untouched;
     save_mean = running_mean, save_invstd = 1/sqrt(running_var + eps).
     ``momentum`` must be finite (values outside [0, 1] are accepted, as in PyTorch).
+    NaN: a constant channel normalizes to exactly ``bias`` (finite, variance 0, even for
+    constants like 1e30); a channel holding NaN or Inf gives NaN outputs for that channel only.
     """
     V.float_array(x, "x")
     V.check_ndim(x, "batch_norm", (2, 4), "(N, C) or (N, C, H, W)")
@@ -315,14 +329,17 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     if not training and running_mean is None:
         raise ValueError("batch_norm: running_mean and running_var are required when training=False")
     if training and running_mean is not None:
-        _inplace_target(running_mean, "running_mean", x)
-        _inplace_target(running_var, "running_var", x)
+        inputs = ((x, "x"), (weight, "weight"), (bias, "bias"))
+        _inplace_target(running_mean, "running_mean", *inputs)
+        _inplace_target(running_var, "running_var", *inputs)
         if _may_share_memory(running_mean, running_var):
             raise ValueError("batch_norm: running_mean and running_var must not share memory")
     M = math.prod(int(v) for v in x.shape) // C  # (x.size is a method on torch tensors)
     if training and M <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {V.shape_str(x.shape)}")
     be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
+    if not training:  # read-only inputs in eval: copied like any other input if need be
+        running_mean, running_var = _contig(running_mean), _contig(running_var)
     return be.batch_norm(_contig(x), _contig(weight), _contig(bias), running_mean, running_var,
                          training, momentum, eps)
 
@@ -333,8 +350,10 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=Tr
     grad_weight and grad_bias are None when weight is None. save_mean and save_invstd are
     the ones batch_norm returned.
     """
-    for a, n in ((grad_out, "grad_out"), (x, "x"), (save_mean, "save_mean"), (save_invstd, "save_invstd")):
-        V.float_array(a, n)
+    for a, n in ((grad_out, "grad_out"), (x, "x"), (weight, "weight"), (save_mean, "save_mean"),
+                 (save_invstd, "save_invstd")):
+        if a is not None or n != "weight":
+            V.float_array(a, n)
     V.same_dtype("batch_norm_backward", grad_out=grad_out, x=x, weight=weight,
                  save_mean=save_mean, save_invstd=save_invstd)
     V.check_ndim(x, "batch_norm_backward", (2, 4), "(N, C) or (N, C, H, W)")
@@ -378,6 +397,8 @@ def dropout(x, p=0.5, training=True, seed=None):
     The mask is a pure function of (seed, flat index): the same on any thread count, dtype,
     shape and backend. ``seed=None`` draws the next seed from the stream ``manual_seed`` sets.
     training=False or p=0: y equals x and the mask is all ones; p=1: zeros.
+    NaN in x stays NaN where kept and also where dropped (0 * NaN is NaN, as in PyTorch); p=1
+    gives zeros even there (PyTorch gives NaN).
     """
     V.float_array(x, "x")
     p = _probability(p)
@@ -387,7 +408,12 @@ def dropout(x, p=0.5, training=True, seed=None):
 
 
 def dropout_backward(grad_out, mask, p):
-    """grad_x = grad_out * mask / (1 - p) (zeros when p = 1)."""
+    """grad_x = grad_out * mask / (1 - p) (zeros when p = 1).
+
+    mask: uint8 of grad_out's shape, as dropout returned it; any nonzero entry keeps its
+    element. NaN/Inf in grad_out propagate where the mask keeps (and, as NaN, also where it
+    drops, since 0 * NaN is NaN), except with p = 1, which gives zeros.
+    """
     V.float_array(grad_out, "grad_out")
     V.array_kind(mask, "mask")
     if V.dtype_of(mask) != np.uint8:
@@ -408,7 +434,10 @@ def relu(x):
 
 
 def relu_backward(grad_out, y):
-    """grad_x = grad_out where y > 0, else 0; y is relu's output."""
+    """grad_x = grad_out where y > 0, else 0; y is relu's output.
+
+    Where y is NaN, y > 0 is false and grad_x is 0 (PyTorch tests y <= 0 and passes grad_out).
+    """
     V.float_array(grad_out, "grad_out")
     V.float_array(y, "y")
     V.same_dtype("relu_backward", grad_out=grad_out, y=y)

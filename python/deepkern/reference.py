@@ -357,10 +357,11 @@ def dropout(x, p=0.5, training=True, seed=None):
 
 
 def dropout_backward(grad_out, mask, p):
-    """grad_x = grad_out * mask / (1 - p), zeros when p = 1."""
+    """grad_x = grad_out * mask / (1 - p), zeros when p = 1. Any nonzero mask entry keeps its
+    element (as the kernels do), so a 0/255 mask means the same as a 0/1 one."""
     if p >= 1:
         return np.zeros_like(grad_out)
-    return grad_out * mask * grad_out.dtype.type(1.0 / (1.0 - p))
+    return grad_out * (mask != 0) * grad_out.dtype.type(1.0 / (1.0 - p))
 
 
 # ---------------------------------------------------------------------------- relu

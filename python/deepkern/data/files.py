@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tokenize
 import zipfile
 import zlib
 
@@ -157,6 +158,11 @@ def load_npz(path, x_key="x", y_key="y"):
         if str(e).startswith(path):
             raise
         raise ValueError(f"{path}: cannot load ({e})") from e
+    except (NotImplementedError, SyntaxError, tokenize.TokenError, KeyError, RecursionError) as e:
+        # A damaged file reaches these too (found by tests/test_fuzz_files.py): zipfile raises
+        # NotImplementedError for a flipped "version needed" byte; NumPy's .npy header parser
+        # raises SyntaxError or tokenize.TokenError for a damaged header.
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
     if x.dtype.kind not in "iuf":
         raise ValueError(f"{path}: '{x_key}' must hold numbers, got dtype {x.dtype.name}")
     if x.ndim not in (2, 3, 4) or x.shape[0] == 0:

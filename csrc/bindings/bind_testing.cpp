@@ -1,0 +1,30 @@
+// bind_testing.cpp: _C._testing, hooks for tests that cannot reach a code path through the
+// public API without tens of gigabytes of memory. Not part of deepkern's API.
+//
+//   philox4x32(counter, seed)   the generator behind every dropout mask, for any 64-bit counter:
+//                               element i of a mask uses counter i/4, so counters >= 2**32
+//                               (the high word in use) need masks of >= 2**34 elements.
+//   dropout_threshold(p)        the keep threshold of a probability.
+//   window_out_size(...)        the output-size formula every window op and binding uses, for
+//                               sizes and arguments near 2**31 and 2**32.
+#include <pybind11/pybind11.h>
+
+#include "common/params.h"
+#include "common/philox.h"
+
+namespace py = pybind11;
+
+namespace dk::py_bind {
+
+void bind_testing(py::module_& m) {
+  py::module_ t = m.def_submodule("_testing", "test hooks (not part of deepkern's API)");
+  t.def("philox4x32", [](uint64_t counter, uint64_t seed) {
+    const Philox4 r = philox4x32_10(counter, seed);
+    return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+  });
+  t.def("dropout_threshold", [](double p) { return dropout_threshold(p); });
+  t.def("window_out_size", &window_out_size, py::arg("size"), py::arg("k"), py::arg("s"),
+        py::arg("p"), py::arg("d"), py::arg("ceil_mode"));
+}
+
+}  // namespace dk::py_bind
