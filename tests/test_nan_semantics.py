@@ -10,7 +10,8 @@
 - relu: NaN stays NaN; relu_backward gives 0 where y is NaN (y > 0 is false), where PyTorch
   passes the gradient through (its test is y <= 0);
 - dropout: NaN stays NaN where kept and where dropped (0 * NaN), p = 1 gives zeros even there.
-Two batch_norm kernel bugs with non-finite inputs are pinned by strict xfails at the end.
+- batch_norm: a channel holding NaN has NaN statistics (and running_var); in eval mode the
+  input gradient is weight * invstd * dy whatever x holds (an infinite x gives no NaN).
 """
 
 from __future__ import annotations
@@ -135,14 +136,8 @@ def test_dropout_nan(dtype):
     assert (g == 0).all()
 
 
-# ---------------------------------------------------------------------------- known kernel bugs
+# ---------------------------------------------------------------------------- batch norm, non-finite
 
-@pytest.mark.xfail(strict=True, reason=(
-    "csrc/cpu/batch_norm.cpp batch_norm_forward_train: var = std::max(0.0, NaN) is 0.0 (std::max "
-    "returns its first argument when the comparison is false), so a channel holding NaN gets a "
-    "finite save_invstd = 1/sqrt(eps) and running_var is updated with a finite wrong value "
-    "instead of NaN (the reference and PyTorch give NaN). Fix: std::max(var, 0.0) or an explicit "
-    "NaN-preserving clamp. Left to the CPU-kernel rewrite (issue owner of batch_norm.cpp)."))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batch_norm_training_with_nan_keeps_the_statistics_nan(dtype):
     x = np.random.default_rng(5).standard_normal((4, 2, 3, 3)).astype(dtype)
@@ -153,11 +148,6 @@ def test_batch_norm_training_with_nan_keeps_the_statistics_nan(dtype):
     assert np.isnan(mean[0]) and np.isnan(invstd[0]) and np.isnan(rv[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "csrc/cpu/batch_norm.cpp batch_norm_backward in eval mode computes dx = k*dy + kx*(x - mean) + k0 "
-    "with kx = k0 = 0, and 0 * (x - mean) is NaN when x is +-Inf: dx is NaN where the reference "
-    "(and PyTorch) give weight*invstd*dy. Fix: drop the x term when not training. Left to the "
-    "CPU-kernel rewrite (issue owner of batch_norm.cpp)."))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batch_norm_eval_backward_ignores_x(dtype):
     x = np.ones((2, 2), dtype)

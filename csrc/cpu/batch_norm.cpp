@@ -51,7 +51,8 @@ struct ChannelStats {
 // From the shifted sums s1 = sum(x - K), s2 = sum((x - K)^2) over M values.
 ChannelStats channel_stats(double K, double s1, double s2, int64_t M, double eps) {
   const double dmean = M > 0 ? s1 / M : 0.0;
-  const double var = M > 0 ? std::max(0.0, (s2 - s1 * dmean) / M) : 0.0;
+  const double v = M > 0 ? (s2 - s1 * dmean) / M : 0.0;
+  const double var = v < 0.0 ? 0.0 : v;  // rounding can make it slightly negative; NaN stays NaN
   return {K + dmean, var, 1.0 / std::sqrt(var + eps)};
 }
 
@@ -64,7 +65,9 @@ void update_running(T* running_mean, T* running_var, int64_t c, const ChannelSta
   running_var[c] = static_cast<T>((1.0 - momentum) * running_var[c] + momentum * unbiased);
 }
 
-// dx = k * dy + kx * (x - mean) + k0, from sdy = sum(dy), sdyx = sum(dy * (x - mean))
+// dx = k * dy + kx * (x - mean) + k0, from sdy = sum(dy), sdyx = sum(dy * (x - mean)).
+// In eval mode the statistics are constants and dx = k * dy exactly: the x term is left out
+// (not multiplied by 0), so an infinite x does not turn dx into NaN.
 struct GradCoefs {
   double k, kx, k0;
 };
@@ -205,7 +208,8 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
         kx[c] = static_cast<float>(g.kx);
         k0[c] = static_cast<float>(g.k0);
       }
-      DK_TRY_FAST(batch_norm_grad_apply_f32, dx, dy, x, p, save_mean, k.data(), kx.data(), k0.data());
+      DK_TRY_FAST(batch_norm_grad_apply_f32, dx, dy, training ? x : nullptr, p, save_mean, k.data(),
+                  kx.data(), k0.data());
       return;
     }
   }
@@ -234,6 +238,11 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
         const T* xc = x + off;
         const T* dyc = dy + off;
         T* dxc = dx + off;
+        if (!training) {
+#pragma omp simd
+          for (int64_t i = 0; i < p.HW; ++i) dxc[i] = tk * dyc[i];
+          continue;
+        }
 #pragma omp simd
         for (int64_t i = 0; i < p.HW; ++i) dxc[i] = tk * dyc[i] + tkx * (xc[i] - tmean) + tk0;
       }

@@ -252,7 +252,11 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
       return ConvAlgo::flat;
     case ConvDir::backward_weight:
       if (winograd(p)) return ConvAlgo::winograd;
-      // any stride, padding, dilation: outer products over output pixels, oc vectorized
+      // a stride larger than the window leaves input pixels no tap reads: the padded copy of
+      // the input the outer products broadcast from would still read (and page in) all of
+      // them; the portable im2col gathers just the taps (1x1 stride-2 layers land here too)
+      if (p.sh > p.dh * (p.KH - 1) + 1 || p.sw > p.dw * (p.KW - 1) + 1) return ConvAlgo::portable;
+      // any other stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;
   }
   return ConvAlgo::portable;

@@ -327,31 +327,6 @@ inline void run_flat(float* out, int64_t ldo, const float* in, int64_t cs, const
   }
 }
 
-// Row deinterleave for the phase split: dst_b[j] = src[j*s + b] for j < width (zero past the
-// source row of length w), for every phase b < s. Vectorized for s == 2 (the common stride).
-inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s) {
-  int64_t j = 0;
-  if (s == 2) {
-    using S = Simd;
-    constexpr int L = S::L;
-    for (; j < width; j += L) {  // 2L source floats -> L even + L odd
-      const S::V lo = S::loadm(src + 2 * j, S::mask(low_bits(w - 2 * j)));
-      const S::V hi = S::loadm(src + 2 * j + L, S::mask(low_bits(w - 2 * j - L)));
-      S::V even, odd;
-      S::deinterleave(lo, hi, even, odd);
-      const S::M m = S::mask(low_bits(width - j));
-      S::storem(dst[0] + j, m, even);
-      S::storem(dst[1] + j, m, odd);
-    }
-    return;
-  }
-  for (; j < width; ++j)
-    for (int64_t b = 0; b < s; ++b) {
-      const int64_t iw = j * s + b;
-      dst[b][j] = iw < w ? src[iw] : 0.f;
-    }
-}
-
 // Inverse of split_row: dst[j*s + b] = src_b[j] for every column j*s + b < w.
 inline void merge_row(float* dst, int64_t w, const float* const* src, int64_t s) {
   if (s == 2) {
@@ -398,10 +373,18 @@ inline float* scratch(int slot, int64_t n) {
 }
 
 // The input layout the flat forward reads: x itself, or a copy in phase planes / wider rows.
+// Only the phases some tap reads are copied: a 1x1 stride-2 layer reads one phase of four,
+// and a stride larger than the window leaves most input pixels unread (copying them all
+// would also page in inputs that are never touched otherwise).
 struct FlatInput {
   bool copy = false;
-  int64_t Hz = 0, width = 0;  // phase plane rows and width
-  int64_t cs = 0;             // channel stride in the buffer the kernel reads
+  int64_t Hz = 0, width = 0;               // phase plane rows and width
+  int64_t cs = 0;                          // channel stride in the buffer the kernel reads
+  std::vector<int64_t> rows, cols;         // the row / column phases a tap reads (copy)
+  std::vector<int64_t> row_slot, col_slot; // phase -> its position in rows / cols
+  int64_t plane_of(int64_t a, int64_t b) const {
+    return (row_slot[a] * static_cast<int64_t>(cols.size()) + col_slot[b]) * Hz * width;
+  }
 };
 
 inline FlatInput flat_input(const Conv2dParams& p) {
@@ -410,25 +393,70 @@ inline FlatInput flat_input(const Conv2dParams& p) {
   in.Hz = (p.H + p.sh - 1) / p.sh;
   in.width = std::max(p.OW, Wz);
   in.copy = !(p.sh == 1 && p.sw == 1 && in.width == p.W);
-  in.cs = in.copy ? p.sh * p.sw * in.Hz * in.width : p.H * p.W;
+  if (!in.copy) {
+    in.cs = p.H * p.W;
+    return in;
+  }
+  in.row_slot.assign(p.sh, -1);
+  in.col_slot.assign(p.sw, -1);
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    const int64_t a = pmod(kh * p.dh - p.ph, p.sh);
+    if (in.row_slot[a] < 0) {
+      in.row_slot[a] = static_cast<int64_t>(in.rows.size());
+      in.rows.push_back(a);
+    }
+  }
+  for (int64_t kw = 0; kw < p.KW; ++kw) {
+    const int64_t b = pmod(kw * p.dw - p.pw, p.sw);
+    if (in.col_slot[b] < 0) {
+      in.col_slot[b] = static_cast<int64_t>(in.cols.size());
+      in.cols.push_back(b);
+    }
+  }
+  in.cs = static_cast<int64_t>(in.rows.size() * in.cols.size()) * in.Hz * in.width;
   return in;
 }
 
-// z[c][a][b][i][j] = x[c][i*sh + a][j*sw + b] (zero outside x), i < Hz, j < width.
+// Row deinterleave for the phase split: dst[k][j] = src[j*s + cols[k]] for j < width (zero
+// past the source row of length w). Vectorized for s == 2 (the common stride).
+inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s,
+                      const std::vector<int64_t>& cols) {
+  if (s == 2) {
+    using S = Simd;
+    constexpr int L = S::L;
+    for (int64_t j = 0; j < width; j += L) {  // 2L source floats -> L even + L odd
+      const S::V lo = S::loadm(src + 2 * j, S::mask(low_bits(w - 2 * j)));
+      const S::V hi = S::loadm(src + 2 * j + L, S::mask(low_bits(w - 2 * j - L)));
+      S::V eo[2];
+      S::deinterleave(lo, hi, eo[0], eo[1]);
+      const S::M m = S::mask(low_bits(width - j));
+      for (size_t k = 0; k < cols.size(); ++k) S::storem(dst[k] + j, m, eo[cols[k]]);
+    }
+    return;
+  }
+  for (size_t k = 0; k < cols.size(); ++k)
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t iw = j * s + cols[k];
+      dst[k][j] = iw < w ? src[iw] : 0.f;
+    }
+}
+
+// z[c][phase (a, b)][i][j] = x[c][i*sh + a][j*sw + b] (zero outside x), i < Hz, j < width,
+// for the phases a tap reads.
 inline void make_flat_input(float* z, const float* xg, int64_t cpg, const Conv2dParams& p,
                             const FlatInput& in) {
-  const int64_t plane = in.Hz * in.width;
-  std::vector<float*> dst(p.sw);
+  const int64_t plane = in.Hz * in.width, nb = static_cast<int64_t>(in.cols.size());
+  std::vector<float*> dst(nb);
   for (int64_t c = 0; c < cpg; ++c)
-    for (int64_t a = 0; a < p.sh; ++a)
+    for (size_t ia = 0; ia < in.rows.size(); ++ia)
       for (int64_t i = 0; i < in.Hz; ++i) {
-        const int64_t ih = i * p.sh + a;
-        float* zr = z + (c * p.sh * p.sw + a * p.sw) * plane + i * in.width;
-        for (int64_t b = 0; b < p.sw; ++b) dst[b] = zr + b * plane;
+        const int64_t ih = i * p.sh + in.rows[ia];
+        for (int64_t k = 0; k < nb; ++k)
+          dst[k] = z + c * in.cs + (static_cast<int64_t>(ia) * nb + k) * plane + i * in.width;
         if (ih < p.H) {
-          split_row(dst.data(), in.width, xg + (c * p.H + ih) * p.W, p.W, p.sw);
+          split_row(dst.data(), in.width, xg + (c * p.H + ih) * p.W, p.W, p.sw, in.cols);
         } else {
-          for (int64_t b = 0; b < p.sw; ++b) std::memset(dst[b], 0, sizeof(float) * in.width);
+          for (int64_t k = 0; k < nb; ++k) std::memset(dst[k], 0, sizeof(float) * in.width);
         }
       }
 }
@@ -438,7 +466,7 @@ inline FlatSpec forward_spec(const Conv2dParams& p, const FlatInput& in) {
   for (int64_t kh = 0; kh < p.KH; ++kh)
     for (int64_t kw = 0; kw < p.KW; ++kw) {
       const int64_t eh = kh * p.dh - p.ph, ew = kw * p.dw - p.pw;
-      const int64_t o = in.copy ? (pmod(eh, p.sh) * p.sw + pmod(ew, p.sw)) * in.Hz * in.width +
+      const int64_t o = in.copy ? in.plane_of(pmod(eh, p.sh), pmod(ew, p.sw)) +
                                       fdiv(eh, p.sh) * in.width + fdiv(ew, p.sw)
                                 : eh * p.W + ew;
       // output rows oh with 0 <= oh*sh + eh < H, columns likewise (and inside the real output)

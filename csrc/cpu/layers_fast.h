@@ -557,14 +557,20 @@ void batch_norm_grad_sums_f32(const float* dy, const float* x, const BatchNormPa
   });
 }
 
-// dx = k[c] * dy + kx[c] * (x - mean[c]) + k0[c]
+// dx = k[c] * dy + kx[c] * (x - mean[c]) + k0[c]; x null (eval mode): dx = k[c] * dy
 void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, const BatchNormParams& p,
                                const float* mean, const float* k, const float* kx, const float* k0) {
   by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
-    const float* __restrict xc = x + off;
     const float* __restrict dyc = dy + off;
     float* __restrict dxc = dx + off;
-    const float m = mean[c], a = k[c], b = kx[c], z = k0[c];
+    const float a = k[c];
+    if (!x) {
+#pragma omp simd
+      for (int64_t i = 0; i < p.HW; ++i) dxc[i] = a * dyc[i];
+      return;
+    }
+    const float* __restrict xc = x + off;
+    const float m = mean[c], b = kx[c], z = k0[c];
 #pragma omp simd
     for (int64_t i = 0; i < p.HW; ++i) dxc[i] = a * dyc[i] + b * (xc[i] - m) + z;
   });
