@@ -336,3 +336,86 @@ def test_plot_and_markdown(quick_run, tmp_path):
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = report.markdown(doc)
     assert "| conv2d/c1/fwd |" in md and "| relu/bwd |" in md
+
+
+# ---------------------------------------------------------------------------- the hooks
+
+FAKE_CALIB = {"triad_curve": [{"bytes": 1 << 14, "gbps": 100.0}, {"bytes": 1 << 30, "gbps": 20.0}],
+              "fma_gflops": 100.0, "triad_large_gbps": 20.0, "triad_large_bytes": 1 << 30,
+              "threads": 1, "isa": "scalar", "fma_isa": "scalar", "source": "test"}
+
+
+def _fake_optim_module(lr_scale=1.0):
+    """A stand-in for deepkern.optim with API.md's interface (SGD only), to exercise the
+    optimizer cases before the real module lands; lr_scale != 1 makes it wrong."""
+    import types
+
+    class SGD:
+        def __init__(self, params, lr=1e-3, momentum=0, nesterov=False):
+            self.params, self.lr = list(params), lr * lr_scale
+
+        def step(self):
+            for p in self.params:
+                p.data -= np.float32(self.lr) * p.grad
+
+    mod = types.ModuleType("deepkern.optim")
+    mod.SGD = SGD
+    return mod
+
+
+def test_optimizer_case_through_the_public_interface(monkeypatch):
+    from deepkern.bench import run_suite
+
+    monkeypatch.setitem(sys.modules, "deepkern.optim", _fake_optim_module())
+    doc = run_suite(ops=["optim/sgd", "optim/adam"], backends=["numpy", "cpu"], quick=True,
+                    progress=False, calibration=FAKE_CALIB)
+    rows = {(r["case"], r["backend"]): r for r in doc["results"]}
+    for b in ("numpy", "cpu"):
+        r = rows[("optim/sgd", b)]
+        assert r["status"] == "ok" and r["validated"] and _finite_positive(r["gbps"]), r
+        assert r["limit_kind"] == "triad" and _finite_positive(r["pct_of_limit"])
+        assert rows[("optim/adam", b)]["status"] == "n/a"
+        assert rows[("optim/adam", b)]["reason"] == "deepkern.optim has no Adam"
+    assert _finite_positive(rows[("optim/sgd", "cpu")]["speedup_vs_ref"])
+
+    monkeypatch.setitem(sys.modules, "deepkern.optim", _fake_optim_module(lr_scale=1.5))
+    doc = run_suite(ops=["optim/sgd"], backends=["cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
+    (r,) = doc["results"]
+    assert r["status"] == "failed" and "validation" in r["reason"] and "median_ms" not in r
+
+
+def test_optimizer_case_without_the_module(monkeypatch):
+    from deepkern.bench import run_suite
+
+    monkeypatch.setitem(sys.modules, "deepkern.optim", None)  # import raises ModuleNotFoundError
+    doc = run_suite(ops=["optim/sgd"], backends=["cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
+    (r,) = doc["results"]
+    assert r["status"] == "n/a" and r["reason"].startswith("deepkern.optim not available")
+
+
+def test_training_epoch_hook(monkeypatch):
+    import types
+
+    from deepkern.bench import run_suite
+
+    calls = []
+
+    def benchmark_epoch(framework, *, batch_size=64, seed=0, steps=None):
+        if framework == "cpu":
+            raise RuntimeError("no cpu today")
+        calls.append((framework, batch_size, seed, steps))
+        return lambda: 2.25
+
+    train = types.ModuleType("deepkern.train")
+    train.benchmark_epoch = benchmark_epoch
+    monkeypatch.setitem(sys.modules, "deepkern.train", train)
+    doc = run_suite(ops=["train"], backends=["numpy", "cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
+    rows = {r["backend"]: r for r in doc["results"]}
+    assert rows["numpy"]["status"] == "ok" and _finite_positive(rows["numpy"]["median_ms"])
+    assert rows["numpy"]["bound"] is None and rows["numpy"].get("pct_of_limit") is None
+    assert rows["cpu"]["status"] == "n/a" and rows["cpu"]["reason"] == "no cpu today"
+    assert calls == [("numpy", 64, 0, 2)]
+
+    del train.benchmark_epoch
+    doc = run_suite(ops=["train"], backends=["cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
+    assert doc["results"][0]["reason"] == "deepkern.train has no benchmark_epoch hook yet"

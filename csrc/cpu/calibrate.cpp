@@ -139,8 +139,9 @@ TimedRuns triad(int64_t n, double min_seconds, int repeats) {
   const TriadPassFn pass = pick_triad(r.isa);
   // One allocation holding the three arrays, each starting on a cache line, with b and c
   // shifted by a few lines so that a[i], b[i] and c[i] never share their address modulo
-  // 4 KiB: otherwise loads of b and c falsely wait on stores to a ("4K aliasing") whenever
-  // the sizes are multiples of a page, and the in-cache figures drop by a third.
+  // 4 KiB: on Intel cores loads of b and c can then falsely wait on stores to a ("4K
+  // aliasing") when the sizes are multiples of a page. (Not measurable on the Zen 5 this was
+  // written on: bench/NOTES.md.) STREAM offsets its arrays for the same reason.
   const int64_t stride = (n + 15) / 16 * 16 + 16 * 5;  // floats; 5 extra cache lines
   AlignedFloats buf(3 * stride + 16 * 3);
   struct { float* p; } a{buf.p}, b{buf.p + stride + 16}, c{buf.p + 2 * stride + 48};

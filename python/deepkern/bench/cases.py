@@ -502,12 +502,21 @@ def optim_first_step(spec: OptimSpec, p, g):
     raise AssertionError(spec.name)  # pragma: no cover
 
 
-def _deepkern_optim(spec: OptimSpec):
+def _import_or_na(name: str):
+    """Import a deepkern module that a case needs, or raise Unavailable ("n/a" row)."""
     try:
-        optim = importlib.import_module("deepkern.optim")
-        nn = importlib.import_module("deepkern.nn")
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            raise Unavailable(f"{name} not available") from None
+        raise Unavailable(f"{name} not available ({e})") from None
     except ImportError as e:
-        raise Unavailable(f"deepkern.optim not available ({e})") from None
+        raise Unavailable(f"{name} not available ({e})") from None
+
+
+def _deepkern_optim(spec: OptimSpec):
+    optim = _import_or_na("deepkern.optim")
+    nn = _import_or_na("deepkern.nn")
     cls = getattr(optim, spec.name, None)
     if cls is None:
         raise Unavailable(f"deepkern.optim has no {spec.name}")
@@ -594,10 +603,7 @@ def _epoch_hook():
     the mean training loss. Every call continues training the same model. A framework it cannot
     run raises RuntimeError saying why.
     """
-    try:
-        train = importlib.import_module("deepkern.train")
-    except ImportError as e:
-        raise Unavailable(f"deepkern.train not available ({e})") from None
+    train = _import_or_na("deepkern.train")
     hook = getattr(train, "benchmark_epoch", None)
     if hook is None:
         raise Unavailable("deepkern.train has no benchmark_epoch hook yet")
