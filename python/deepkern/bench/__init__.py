@@ -21,6 +21,7 @@ when a benchmark runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -77,7 +78,7 @@ def run_suite(ops=None, backends=None, threads=0, repeat=0, quick=False, progres
     from .timing import TimingPolicy
 
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    load_start = calibrate.loadavg()
     if threads:
         deepkern.set_num_threads(threads)
     threads = deepkern.get_num_threads()
@@ -92,20 +93,12 @@ def run_suite(ops=None, backends=None, threads=0, repeat=0, quick=False, progres
     rows = runner.run(selected, be, policy, calib, progress=progress)
     settings = {"threads": threads, "quick": quick, "ops": ops, "backends": list(be),
                 "warmup": policy.warmup, "max_runs": policy.max_runs, "min_runs": policy.min_runs,
-                "budget_s": policy.budget_s}
+                "budget_s": policy.budget_s, "settle_s": policy.settle_s}
     doc = report.document(rows, calib, settings, be, time.perf_counter() - t0)
     # how busy the machine was: a load near the core count means other processes competed
-    doc["machine"]["loadavg_start"], doc["machine"]["loadavg_end"] = load_start, _loadavg()
+    doc["machine"]["loadavg_start"], doc["machine"]["loadavg_end"] = load_start, calibrate.loadavg()
     return doc
 
-
-def _loadavg():
-    import os
-
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
 
 
 def cmd_bench(args) -> int:
@@ -133,7 +126,7 @@ def cmd_bench(args) -> int:
         return 0
 
     print("\n".join(report.header_lines()), flush=True)
-    load, ncpu = _loadavg(), __import__("os").cpu_count() or 1
+    load, ncpu = calibrate.loadavg(), os.cpu_count() or 1
     if load is not None and load > 0.5 * ncpu:
         print(f"note: load average {load} on {ncpu} CPUs before starting: other processes compete "
               "for the cores, expect noisy figures", flush=True)

@@ -27,7 +27,7 @@ import os
 import statistics
 from pathlib import Path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def triad(n: int, min_seconds: float = 0.02, repeats: int = 5) -> dict:
@@ -90,17 +90,26 @@ def measure(quick: bool = False, progress=None) -> dict:
 
     info = deepkern.build_info()
     min_s, reps = (0.005, 3) if quick else (0.02, 5)
+    # The FMA peak first: it is short (15 runs of 20 ms), and a calibration started at a quiet
+    # moment is then most likely to keep it. Many short runs: the best one is the limit, and
+    # on a shared machine a short run has a better chance of having both cores to itself.
+    if progress:
+        progress("FMA peak")
+    fma = fma_peak("", 0.01 if quick else 0.02, 5 if quick else 15)
+    # One thread's peak too: stable even on a busy machine (one free core is easy to get), so
+    # threads x this, against the all-threads figure, shows what the other load took away.
+    threads = deepkern.get_num_threads()
+    try:
+        deepkern.set_num_threads(1)
+        fma1 = fma_peak("", 0.01 if quick else 0.02, 5)
+    finally:
+        deepkern.set_num_threads(threads)
     curve = []
     for ws in _sizes(quick, info.get("l3_bytes", 0)):
         if progress:
             progress(f"triad {ws / 2**20:.3g} MiB")
         r = triad(max(1, ws // 12), min_s, reps)
         curve.append({"bytes": r["bytes"], "gbps": r["gbps"], "gbps_median": r["gbps_median"]})
-    if progress:
-        progress("FMA peak")
-    # many short runs: the best one is the limit, and on a shared machine a short run has
-    # a better chance of catching both cores free than a long one
-    fma = fma_peak("", 0.01 if quick else 0.02, 5 if quick else 15)
     large = curve[-1]
     return {
         "version": CACHE_VERSION,
@@ -111,8 +120,17 @@ def measure(quick: bool = False, progress=None) -> dict:
         "triad_large_gbps": large["gbps"], "triad_large_bytes": large["bytes"],
         "triad_curve": curve,
         "fma_gflops": fma["gflops"], "fma_gflops_median": fma["gflops_median"],
-        "fma_isa": fma["isa"],
+        "fma_gflops_1thread": fma1["gflops"], "fma_isa": fma["isa"],
+        "loadavg": loadavg(),
     }
+
+
+def loadavg():
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def triad_gbps_at(calib: dict, nbytes: float) -> float:

@@ -110,7 +110,9 @@ def calibration_lines(calib: dict) -> list[str]:
     pts = ", ".join(f"{_size(p['bytes'])} {p['gbps']:.0f}" for p in curve[:: max(1, len(curve) // 6)])
     return [
         f"machine limits ({calib['threads']} threads, {calib['isa']}; {calib['source']}):",
-        f"  FMA peak     {calib['fma_gflops']:.1f} GFLOP/s ({calib['fma_isa']})",
+        f"  FMA peak     {calib['fma_gflops']:.1f} GFLOP/s ({calib['fma_isa']}; one thread "
+        f"{calib.get('fma_gflops_1thread', float('nan')):.1f})"
+        + (f"; load average {calib['loadavg']} when measured" if calib.get("loadavg") else ""),
         f"  triad        {calib['triad_large_gbps']:.1f} GB/s on {_size(calib['triad_large_bytes'])} "
         f"(far beyond the {_size(calib.get('l3_bytes') or 0)} L3); "
         f"{at(32 << 20):.0f} GB/s on 32 MiB",
@@ -122,7 +124,7 @@ def _size(n: float) -> str:
     if not n:
         return "?"
     for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << k:
+        if n >= 0.99 * (1 << k):  # the triad sizes are multiples of 12 bytes, just under 2**k
             return f"{n / (1 << k):.3g} {unit}"
     return f"{n:.0f} B"
 
