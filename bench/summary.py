@@ -2,6 +2,7 @@
 
     python bench/summary.py RUN.json                 # Markdown table of the cpu rows (for READMEs)
     python bench/summary.py RUN.json --backend cuda  # ... of another backend
+    python bench/summary.py RUN.json --headline      # the few rows the top-level README shows
     python bench/summary.py BEFORE.json AFTER.json   # per case: median before, after, speed-up
 
 The second form is how a kernel change is judged (bench/NOTES.md): run the same cases before
@@ -35,13 +36,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="one JSON file (summary) or two (before, after)")
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--headline", action="store_true", help="only the README's headline cases")
     args = ap.parse_args()
     docs = []
     for path in args.runs:
         with open(path, encoding="utf-8") as f:
             docs.append(json.load(f))
     if len(docs) == 1:
-        print(report.markdown(docs[0], backend=args.backend), end="")
+        print(report.markdown(docs[0], backend=args.backend,
+                              cases=report.HEADLINE if args.headline else None), end="")
     elif len(docs) == 2:
         print(compare(docs[0], docs[1], args.backend), end="")
     else:

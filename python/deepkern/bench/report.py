@@ -223,8 +223,14 @@ def write_json(doc: dict, path: str) -> None:
 
 # ---------------------------------------------------------------------------- Markdown
 
-def markdown(doc: dict, backend: str = "cpu") -> str:
-    """A summary table of one backend (default cpu) against the reference and PyTorch."""
+HEADLINE = ("conv2d/c2/fwd", "conv2d/c2/bwd", "conv2d/c3/fwd", "conv2d/c3/bwd", "conv2d/c7/fwd",
+            "max_pool2d/fwd", "avg_pool2d/fwd", "batch_norm/train_fwd", "batch_norm/train_bwd",
+            "dropout/fwd", "relu/fwd", "optim/adam", "train/epoch")
+
+
+def markdown(doc: dict, backend: str = "cpu", cases=None) -> str:
+    """A summary table of one backend (default cpu) against the reference and PyTorch;
+    ``cases``: only these case ids (``HEADLINE`` is the README's selection)."""
     m, c = doc["machine"], doc["calibration"]
     lines = [
         f"{m['cpu']}, {doc['settings']['threads']} threads, {m['simd']}; deepkern {doc['versions']['deepkern']}, "
@@ -240,7 +246,7 @@ def markdown(doc: dict, backend: str = "cpu") -> str:
         by_case.setdefault(r["case"], {})[r["backend"]] = r
     for case, rs in by_case.items():
         r, t = rs.get(backend), rs.get("torch")
-        if r is None:
+        if r is None or (cases is not None and case not in cases):
             continue
         tms = f"{_fmt_ms(t['median_ms'])} ({t['impl']})" if t and t["status"] == "ok" and \
             t.get("impl") not in ("aten", "torch") else (_fmt_ms(t["median_ms"]) if t and t["status"] == "ok" else "")
