@@ -35,6 +35,11 @@ def quick_run(tmp_path_factory):
     return r.stdout, doc
 
 
+FAKE_CALIB = {"triad_curve": [{"bytes": 1 << 14, "gbps": 100.0}, {"bytes": 1 << 30, "gbps": 20.0}],
+              "fma_gflops": 100.0, "triad_large_gbps": 20.0, "triad_large_bytes": 1 << 30,
+              "threads": 1, "isa": "scalar", "fma_isa": "scalar", "source": "test"}
+
+
 def _finite_positive(v):
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
@@ -329,21 +334,40 @@ def test_measure_policy():
     assert len(t.runs) == 3
 
 
-def test_plot_and_markdown(quick_run, tmp_path):
+def test_markdown_summary(quick_run):
+    _, doc = quick_run
+    md = report.markdown(doc)
+    assert "| conv2d/c1/fwd |" in md and "| relu/bwd |" in md and "| optim/adamw |" in md
+    head = report.markdown(doc, cases=report.HEADLINE)
+    assert "| conv2d/c2/fwd |" in head and "| conv2d/c1/fwd |" not in head
+
+
+def test_plot(quick_run, tmp_path):
     pytest.importorskip("matplotlib")
     _, doc = quick_run
     report.plot(doc, str(tmp_path / "b.png"))
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = report.markdown(doc)
-    assert "| conv2d/c1/fwd |" in md and "| relu/bwd |" in md
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(quick_run, tmp_path, monkeypatch):
+    _, doc = quick_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'deepkern\[bench\]'"):
+        report.plot(doc, str(tmp_path / "b.png"))
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_without_torch_the_torch_rows_say_why(monkeypatch):
+    from deepkern.bench import run_suite
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    doc = run_suite(ops=["relu/fwd"], quick=True, progress=False, calibration=FAKE_CALIB)
+    rows = {r["backend"]: r for r in doc["results"]}
+    assert rows["cpu"]["status"] == "ok" and rows["cpu"]["speedup_vs_torch"] is None
+    assert rows["torch"]["status"] == "n/a" and "PyTorch is not installed" in rows["torch"]["reason"]
 
 
 # ---------------------------------------------------------------------------- the hooks
-
-FAKE_CALIB = {"triad_curve": [{"bytes": 1 << 14, "gbps": 100.0}, {"bytes": 1 << 30, "gbps": 20.0}],
-              "fma_gflops": 100.0, "triad_large_gbps": 20.0, "triad_large_bytes": 1 << 30,
-              "threads": 1, "isa": "scalar", "fma_isa": "scalar", "source": "test"}
-
 
 def _fake_optim_module(lr_scale=1.0):
     """A stand-in for deepkern.optim with API.md's interface (SGD only), to exercise the
