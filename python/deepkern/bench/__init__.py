@@ -89,7 +89,7 @@ def run_suite(ops=None, backends=None, threads=0, repeat=0, quick=False, progres
                           min_runs=min(repeat or 3, 2 if quick else 3), budget_s=0.05 if quick else 1.0,
                           settle_s=0.02 if quick else 0.15)
     be = runner.resolve_backends(backends, threads)
-    calib = calibration or calibrate.get(quick=quick)
+    calib = calibration or calibrate.get(quick=quick, progress=report.progress_printer(progress is not False))
     rows = runner.run(selected, be, policy, calib, progress=progress)
     settings = {"threads": threads, "quick": quick, "ops": ops, "backends": list(be),
                 "warmup": policy.warmup, "max_runs": policy.max_runs, "min_runs": policy.min_runs,

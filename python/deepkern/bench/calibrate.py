@@ -84,7 +84,7 @@ def _sizes(quick: bool, l3_bytes: int) -> list[int]:
 def measure(quick: bool = False, progress=None) -> dict:
     """Measure the triad curve and the FMA peak now; returns the calibration dict.
 
-    progress: optional callable(str) told what is being measured.
+    progress: optional callable(str) told what is being measured, and None when done.
     """
     import deepkern
 
@@ -107,9 +107,11 @@ def measure(quick: bool = False, progress=None) -> dict:
     curve = []
     for ws in _sizes(quick, info.get("l3_bytes", 0)):
         if progress:
-            progress(f"triad {ws / 2**20:.3g} MiB")
+            progress(f"triad on {ws >> 10} KiB" if ws < 1 << 20 else f"triad on {ws >> 20} MiB")
         r = triad(max(1, ws // 12), min_s, reps)
         curve.append({"bytes": r["bytes"], "gbps": r["gbps"], "gbps_median": r["gbps_median"]})
+    if progress:
+        progress(None)
     large = curve[-1]
     return {
         "version": CACHE_VERSION,

@@ -82,8 +82,9 @@ def table_lines(rows: list[dict]) -> list[str]:
             cells.append((first, head + [r["backend"], f"{r['status']} ({r['reason']})"]))
     widths = [len(c) for c in COLUMNS]
     for _, c in cells:
-        if len(c) == len(COLUMNS):
-            widths = [max(w, len(x)) for w, x in zip(widths, c)]
+        # every row sets the first four widths (n/a rows too: they may hold a case's name)
+        n = len(c) if len(c) == len(COLUMNS) else 4
+        widths[:n] = [max(w, len(x)) for w, x in zip(widths[:n], c[:n])]
     right = {4, 5, 6, 7, 8}
 
     def line(c):
@@ -143,8 +144,8 @@ def progress_printer(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return None
 
-    def show(msg: str) -> None:
-        sys.stderr.write(f"\r\033[Kcalibrating: {msg}")
+    def show(msg: str | None) -> None:  # None clears the line
+        sys.stderr.write("\r\033[K" + (f"calibrating: {msg}" if msg else ""))
         sys.stderr.flush()
     return show
 
