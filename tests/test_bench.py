@@ -443,3 +443,63 @@ def test_training_epoch_hook(monkeypatch):
     del train.benchmark_epoch
     doc = run_suite(ops=["train"], backends=["cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
     assert doc["results"][0]["reason"] == "deepkern.train has no benchmark_epoch hook yet"
+
+
+def _fake_cupy():
+    """Just enough of CuPy's surface (asarray, asnumpy, events) to run the cuda rows' plumbing
+    on the host: device arrays are an ndarray subclass, events read the host clock."""
+    import time
+    import types
+
+    cp = types.ModuleType("cupy")
+
+    class ndarray(np.ndarray):
+        pass
+
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    cp.ndarray = ndarray
+    cp.asarray = lambda a: np.array(a).view(ndarray)
+    cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray)
+    cp.cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda s, e: (e.t - s.t) * 1e3,
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        Device=lambda: types.SimpleNamespace(id=0),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Fake GPU"}))
+    return cp
+
+
+def test_cuda_rows_plumbing_with_a_stand_in_cupy(monkeypatch):
+    from deepkern.bench import backends, runner
+    from deepkern.bench.timing import TimingPolicy
+
+    cp = _fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    b = backends.CudaBackend()
+    assert b.describe() == "cuda (Fake GPU)" and b.timer.name == "cuda_events"
+    inp = {"x": np.ones(3, np.float32), "_memo": object(), "k": 2}
+    dev = b.to_device(inp)
+    assert isinstance(dev["x"], cp.ndarray) and "_memo" not in dev and dev["k"] == 2
+    assert type(b.to_host((dev["x"], None))[0]) is np.ndarray
+    case = next(c for c in cases.suite(quick=True) if c.id == "relu/fwd")
+    rows = runner.run_case(case, {"cuda": b}, TimingPolicy(warmup=0, max_runs=3, min_runs=1, budget_s=0),
+                           FAKE_CALIB, case.setup(), {})
+    assert rows[0]["status"] == "ok" and rows[0]["validated"] and _finite_positive(rows[0]["median_ms"])
+    # the split conv rows need the cuda module's one-direction kernels: n/a without them
+    split = next(c for c in cases.suite(quick=True) if c.id == "conv2d/c1/bwd_data")
+    rows = runner.run_case(split, {"cuda": b}, TimingPolicy(warmup=0, max_runs=1, min_runs=1, budget_s=0),
+                           FAKE_CALIB, split.setup(), {})
+    assert rows[0]["status"] == "n/a" and "separate bwd_data" in rows[0]["reason"]
+
+
+def test_cuda_backend_without_cupy_says_why(monkeypatch):
+    from deepkern.bench import backends
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(backends.Unavailable, match="CuPy"):
+        backends.CudaBackend()
