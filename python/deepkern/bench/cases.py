@@ -28,7 +28,7 @@ Each case gives:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -76,7 +76,6 @@ class Case:
     torch_check: Callable | None = None  # custom check for PyTorch's outputs
     numpy_na: str | None = None          # why the numpy backend has no row for this case
     numpy_is_reference: bool = True      # the numpy backend runs deepkern.reference itself
-    tags: tuple = field(default_factory=tuple)
 
     @property
     def bound(self) -> str | None:

@@ -6,9 +6,10 @@ For every case, for every selected backend (numpy reference, cpu, cuda, torch) i
    ``n/a`` row with the reason, never an error);
 2. run it once and compare its outputs with the reference (llm.c: "all results match,
    starting benchmarks"); a mismatch gives a ``failed`` row and no timing;
-3. warm up and time it (timing.py), then derive the rate (GFLOP/s or GB/s), the fraction of
-   the machine's limit (calibrate.py) and the speed-ups over the reference and over PyTorch,
-   which were measured side by side in the same process.
+3. warm up and time it (timing.py): the NumPy reference alone, then the other backends and
+   PyTorch's modes interleaved, one run of each in turn;
+4. derive the rate (GFLOP/s or GB/s), the fraction of the machine's limit (calibrate.py) and
+   the speed-ups over the reference and over PyTorch, measured side by side in this process.
 """
 
 from __future__ import annotations
