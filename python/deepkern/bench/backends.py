@@ -44,6 +44,7 @@ class Backend:
     """A deepkern backend on host (NumPy) arrays."""
 
     kind = "deepkern"
+    device = "cpu"  # whose limits apply: calibrate.py measures the CPU's only
 
     def __init__(self, name: str):
         from .timing import CpuTimer
@@ -69,6 +70,8 @@ class Backend:
 
 class CudaBackend(Backend):
     """deepkern's cuda backend on CuPy arrays (API.md: a CUDA array runs on cuda)."""
+
+    device = "cuda"
 
     def __init__(self, name: str = "cuda"):
         super().__init__(name)

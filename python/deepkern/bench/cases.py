@@ -207,36 +207,43 @@ def conv_bytes(direction, N, C, H, W, OC, OH, OW, KH, KW, G) -> float:
 
 
 def _conv_backward_split(b, which):
-    """The one-direction conv backward of deepkern backend ``b``.
+    """The one-direction conv backward of deepkern backend ``b``: run(dy, x, w, stride,
+    padding, dilation, groups) -> grad_x or grad_weight (pairs for stride/padding/dilation).
 
-    The public API has one ``conv2d_backward`` returning both gradients; the CPU backend
-    computes them with two kernels, which are timed here separately through the same calls
-    ``deepkern._cpu`` makes. Another backend module (the cuda one) plugs in by exposing
-        conv2d_backward_input(grad_out, x, weight, stride, padding, dilation, groups) -> grad_x
-        conv2d_backward_weight(grad_out, x, weight, stride, padding, dilation, groups) -> grad_weight
-    with stride/padding/dilation as pairs; without them its split rows are n/a.
+    The public API has one ``conv2d_backward`` returning both gradients; the cpu and cuda
+    backends compute them with two kernels each, which are timed here separately through the
+    same calls ``deepkern._cpu`` / ``deepkern._cuda_backend`` make (output allocated inside,
+    as the public call does).
     """
     if b.name == "cpu":
         from .. import _C
 
-        if which == "bwd_data":
-            def run(dy, x, w, s, p, d, g):
+        def run(dy, x, w, s, p, d, g):
+            if which == "bwd_data":
                 gx = np.empty_like(x)
                 _C.conv2d_backward_input(gx, dy, w, s, p, d, g)
                 return gx
-        else:
-            def run(dy, x, w, s, p, d, g):
-                gw = np.empty_like(w)
-                _C.conv2d_backward_weight(gw, None, dy, x, s, p, d, g)
-                return gw
+            gw = np.empty_like(w)
+            _C.conv2d_backward_weight(gw, None, dy, x, s, p, d, g)
+            return gw
         return run
     if b.name == "cuda":
-        from .. import _backend
+        try:
+            from .. import _arrays as A
+            from .. import _cuda
+        except ImportError as e:
+            raise Unavailable(f"no CUDA module ({e})") from None
 
-        mod = _backend._load_cuda()
-        name = "conv2d_backward_input" if which == "bwd_data" else "conv2d_backward_weight"
-        if mod is not None and hasattr(mod, name):
-            return getattr(mod, name)
+        def run(dy, x, w, s, p, d, g):
+            c, (dy, x, w) = A.prepare("conv2d_backward", grad_out=dy, x=x, weight=w)
+            if which == "bwd_data":
+                gx = c.empty(tuple(x.shape))
+                _cuda.conv2d_backward_input(gx, dy, w, s, p, d, g, c.stream)
+                return gx
+            gw = c.empty(tuple(w.shape))
+            _cuda.conv2d_backward_weight(gw, None, dy, x, s, p, d, g, c.stream)
+            return gw
+        return run
     raise Unavailable(f"backend {b.name} has no separate {which} conv kernel")
 
 

@@ -65,9 +65,12 @@ def _derive(rows: list[dict], case: Case, calib: dict) -> None:
         s = r["median_ms"] * 1e-3
         r["gflops"] = case.flops / s / 1e9 if case.flops else None
         r["gbps"] = case.bytes / s / 1e9 if case.bytes else None
-        r.update(lim)
         rate = r["gflops"] if case.bound == "flops" else r["gbps"]
-        r["pct_of_limit"] = 100.0 * rate / lim["limit"] if lim and rate else None
+        if r.get("device", "cpu") == "cpu":  # the measured limits are the CPU's
+            r.update(lim)
+            r["pct_of_limit"] = 100.0 * rate / lim["limit"] if lim and rate else None
+        else:
+            r["pct_of_limit"] = None
         r["speedup_vs_ref"] = ref_ms / r["median_ms"] if ref_ms and r["backend"] != "numpy" else None
         r["speedup_vs_torch"] = torch_ms / r["median_ms"] if torch_ms and r["backend"] != "torch" else None
 
@@ -169,7 +172,7 @@ def _one_line(e: Exception) -> str:
 def _timed_row(case: Case, name: str, b, timings: dict) -> dict:
     """The row of one backend; for PyTorch the fastest of its modes, naming it."""
     best = min(timings, key=lambda k: timings[k].median)
-    row = _row(case, name, impl=best, validated=True, **timings[best].as_ms())
+    row = _row(case, name, impl=best, validated=True, device=b.device, **timings[best].as_ms())
     if b.kind == "torch":
         row["torch_modes"] = {k: t.median * 1e3 for k, t in timings.items()}
     return row
