@@ -20,6 +20,7 @@ namespace py = pybind11;
 namespace dk::py_bind {
 void bind_layers(py::module_& m);
 void bind_testing(py::module_& m);
+void bind_bench(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -65,4 +66,5 @@ PYBIND11_MODULE(_C, m) {
 
   dk::py_bind::bind_layers(m);
   dk::py_bind::bind_testing(m);
+  dk::py_bind::bind_bench(m);
 }

@@ -110,7 +110,9 @@ def cmd_demo(args):
 # Commands defined in other modules register here: (name, "module:function_adding_parser").
 # Each function receives the subparsers object and adds its parser with set_defaults(func=...).
 # The module is imported when the parser is built, so keep those imports light.
-EXTERNAL_COMMANDS = []
+EXTERNAL_COMMANDS = [
+    ("bench", "deepkern.bench:add_parser"),
+]
 
 
 def _parser():
