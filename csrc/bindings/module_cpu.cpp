@@ -19,6 +19,7 @@ namespace py = pybind11;
 
 namespace dk::py_bind {
 void bind_layers(py::module_& m);
+void bind_optim(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -63,4 +64,5 @@ PYBIND11_MODULE(_C, m) {
       "Lower (never raise beyond the CPU) the SIMD level used by the kernels; returns the level in use.");
 
   dk::py_bind::bind_layers(m);
+  dk::py_bind::bind_optim(m);
 }
