@@ -117,6 +117,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         g = p.grad
         if g is None or id(g) in seen:
             continue
+        if isinstance(g, np.generic):  # a NumPy scalar cannot be scaled in place: make it a 0-d array
+            p.grad = g = np.array(g)
         if not isinstance(g, np.ndarray):
             raise TypeError(f"parameters[{i}].grad must be a numpy.ndarray, got {type(g).__name__}")
         if g.dtype not in _FLOATS:
