@@ -26,42 +26,86 @@ OptimKind to_kind(int kind) {
   return static_cast<OptimKind>(kind);
 }
 
+// Which list entry an array is, e.g. states[3][1]; spelled out only for an error message (the
+// checks run for every tensor of every step, so nothing is formatted on the happy path).
+struct Where {
+  const char* list;
+  size_t k;
+  int j = -1;
+  std::string str() const { return j < 0 ? str_cat(list, "[", k, "]") : str_cat(list, "[", k, "][", j, "]"); }
+};
+
 // Byte ranges of the arrays of one call, to reject overlaps before anything is written.
 struct Span {
   uintptr_t lo, hi;
   bool written;
-  std::string name;
+  Where where;
+  size_t index;
 };
 
-void check_no_overlap(std::vector<Span>& spans) {
+// Pairs (i, j) of spans whose byte ranges intersect, at least one of them written, at most
+// `limit` of them. Sorted sweep with the set of ranges still open: O(n log n) when (as
+// always in practice) nothing overlaps.
+std::vector<std::pair<size_t, size_t>> overlapping_pairs(std::vector<Span> spans, size_t limit) {
   spans.erase(std::remove_if(spans.begin(), spans.end(), [](const Span& s) { return s.lo == s.hi; }),
               spans.end());
   std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
-  // Sweep: keep the span reaching furthest so far; any later span starting before its end
-  // overlaps it (or an earlier one, found by the same test).
-  size_t far = 0;
-  for (size_t i = 1; i < spans.size(); ++i) {
-    const Span &a = spans[far], &b = spans[i];
-    if (b.lo < a.hi && (a.written || b.written))
-      DK_CHECK(false, b.name, " shares memory with ", a.name,
-               " (arrays an optimizer writes must not overlap any other array of the step)");
-    if (b.hi > a.hi) far = i;
+  std::vector<std::pair<size_t, size_t>> out;
+  std::vector<const Span*> open;
+  for (const Span& b : spans) {
+    open.erase(std::remove_if(open.begin(), open.end(), [&](const Span* a) { return a->hi <= b.lo; }), open.end());
+    for (const Span* a : open)
+      if ((a->written || b.written) && out.size() < limit) out.emplace_back(a->index, b.index);
+    open.push_back(&b);
   }
+  return out;
 }
 
-template <class T>
-Span span_of(const py::array& a, bool written, std::string name) {
-  const auto lo = reinterpret_cast<uintptr_t>(a.data());
-  return {lo, lo + static_cast<uintptr_t>(a.size()) * sizeof(T), written, std::move(name)};
+void check_no_overlap(const std::vector<Span>& spans) {
+  const auto pairs = overlapping_pairs(spans, 1);
+  if (pairs.empty()) return;
+  const Span *a = nullptr, *b = nullptr;
+  for (const Span& s : spans) {
+    if (s.index == pairs[0].first) a = &s;
+    if (s.index == pairs[0].second) b = &s;
+  }
+  DK_CHECK(false, b->where.str(), " shares memory with ", a->where.str(),
+           " (arrays an optimizer writes must not overlap any other array of the step)");
 }
 
-std::string item(const char* list, size_t k) { return str_cat(list, "[", k, "]"); }
-
-py::array as_array(const py::handle& o, const std::string& name) {
+py::array as_array(const py::handle& o, const Where& w) {
   if (!py::isinstance<py::array>(o))
-    throw py::type_error(str_cat(name, " must be a numpy.ndarray, got ", py::str(py::type::handle_of(o).attr("__name__")).cast<std::string>()));
+    throw py::type_error(str_cat(w.str(), " must be a numpy.ndarray, got ",
+                                 py::str(py::type::handle_of(o).attr("__name__")).cast<std::string>()));
   return py::reinterpret_borrow<py::array>(o);
 }
+
+// The bytes an array can touch, whatever its strides (negative ones included).
+Span span_of(const py::array& a, bool written, Where where, size_t index) {
+  auto lo = reinterpret_cast<intptr_t>(a.data()), hi = lo;
+  if (a.size() == 0) return {uintptr_t(lo), uintptr_t(lo), written, where, index};
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    const intptr_t ext = static_cast<intptr_t>(a.strides(d)) * static_cast<intptr_t>(a.shape(d) - 1);
+    (ext < 0 ? lo : hi) += ext;
+  }
+  return {uintptr_t(lo), uintptr_t(hi) + uintptr_t(a.itemsize()), written, where, index};
+}
+
+// The checks of array_check.h (dtype T, C-contiguous, writeable when written, n elements
+// unless n < 0) with the name built only on failure; records the array's span.
+template <class T>
+T* checked_ptr(const py::handle& o, const Where& w, bool written, int64_t n, std::vector<Span>& spans) {
+  if (!py::isinstance<py::array_t<T>>(o))
+    throw py::type_error(str_cat(w.str(), " must be ", py::str(py::dtype::of<T>()).cast<std::string>(), ", got ",
+                                 py::str(as_array(o, w).dtype()).cast<std::string>()));
+  auto a = py::reinterpret_borrow<py::array>(o);
+  DK_CHECK(a.flags() & py::array::c_style, w.str(), " must be C-contiguous");
+  DK_CHECK(!written || a.writeable(), w.str(), " is not writeable");
+  DK_CHECK(n < 0 || a.size() == n, w.str(), " has ", a.size(), " elements, expected ", n);
+  spans.push_back(span_of(a, written, w, spans.size()));
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
 
 // Which of the three state arrays a row of `kind` needs (bit j: state[j]).
 int needed_states(OptimKind kind, const double* h) {
@@ -83,46 +127,30 @@ void optim_step_typed(OptimKind kind, const py::list& params, const py::list& gr
   const size_t count = params.size();
   std::vector<cpu::OptimTensor<T>> tensors(count);
   std::vector<Span> spans;
+  spans.reserve(4 * count);
+  const bool has_emas = !emas.is_none();
+  const py::list ema_list = has_emas ? emas.cast<py::list>() : py::list();
   for (size_t k = 0; k < count; ++k) {
     cpu::OptimTensor<T>& t = tensors[k];
-    const std::string pn = item("params", k), gn = item("grads", k);
-    py::array p = as_array(params[k], pn);
-    py::array g = as_array(grads[k], gn);
-    t.param = out_ptr<T>(p, pn.c_str());
-    t.grad = in_ptr<T>(g, gn.c_str());
-    t.n = static_cast<int64_t>(p.size());
-    check_size(g, gn.c_str(), t.n);
+    t.param = checked_ptr<T>(params[k], {"params", k}, true, -1, spans);
+    t.n = static_cast<int64_t>(py::reinterpret_borrow<py::array>(params[k]).size());
+    t.grad = checked_ptr<T>(grads[k], {"grads", k}, false, t.n, spans);
     t.hyper = hyper + static_cast<int64_t>(k) * H;
-    spans.push_back(span_of<T>(p, true, pn));
-    spans.push_back(span_of<T>(g, false, gn));
 
-    py::sequence st = states[k].cast<py::sequence>();
-    DK_CHECK(st.size() == 3, item("states", k), " must hold 3 entries (array or None)");
+    const py::object st = states[k];
+    DK_CHECK(py::isinstance<py::sequence>(st) && py::len(st) == 3, "states[", k,
+             "] must hold 3 entries (array or None)");
     const int need = needed_states(kind, t.hyper);
     for (int j = 0; j < 3; ++j) {
+      const py::object o = st[py::int_(j)];
       t.state[j] = nullptr;
-      py::object o = st[j];
-      const std::string sn = str_cat("states[", k, "][", j, "]");
-      if (o.is_none()) {
-        DK_CHECK(!(need & (1 << j)), sn, " is required by this configuration");
-        continue;
-      }
-      py::array s = as_array(o, sn);
-      t.state[j] = out_ptr<T>(s, sn.c_str());
-      check_size(s, sn.c_str(), t.n);
-      spans.push_back(span_of<T>(s, true, sn));
+      if (o.is_none())
+        DK_CHECK(!(need & (1 << j)), Where{"states", k, j}.str(), " is required by this configuration");
+      else
+        t.state[j] = checked_ptr<T>(o, {"states", k, j}, true, t.n, spans);
     }
     t.ema = nullptr;
-    if (!emas.is_none()) {
-      py::object o = emas.cast<py::list>()[k];
-      if (!o.is_none()) {
-        const std::string en = item("emas", k);
-        py::array e = as_array(o, en);
-        t.ema = out_ptr<T>(e, en.c_str());
-        check_size(e, en.c_str(), t.n);
-        spans.push_back(span_of<T>(e, true, en));
-      }
-    }
+    if (has_emas && !ema_list[k].is_none()) t.ema = checked_ptr<T>(ema_list[k], {"emas", k}, true, t.n, spans);
   }
   check_no_overlap(spans);
   py::gil_scoped_release nogil;
@@ -137,11 +165,8 @@ struct ArrayList {
   std::vector<Span> spans;
   ArrayList(const py::list& arrays, const char* name, bool written) {
     for (size_t k = 0; k < arrays.size(); ++k) {
-      const std::string an = item(name, k);
-      py::array a = as_array(arrays[k], an);
-      ptr.push_back(written ? out_ptr<T>(a, an.c_str()) : const_cast<T*>(in_ptr<T>(a, an.c_str())));
-      n.push_back(static_cast<int64_t>(a.size()));
-      spans.push_back(span_of<T>(a, written, an));
+      ptr.push_back(checked_ptr<T>(arrays[k], {name, k}, written, -1, spans));
+      n.push_back(static_cast<int64_t>(py::reinterpret_borrow<py::array>(arrays[k]).size()));
     }
   }
 };
@@ -149,7 +174,7 @@ struct ArrayList {
 // dtype of the first array of a (non-empty) list
 template <class F>
 auto dispatch_list(const py::list& arrays, const char* name, F&& f) {
-  return dispatch_float(as_array(arrays[0], name), name, std::forward<F>(f));
+  return dispatch_float(as_array(arrays[0], {name, 0}), name, std::forward<F>(f));
 }
 
 }  // namespace
@@ -162,6 +187,19 @@ void bind_optim(py::module_& m) {
   kinds["rmsprop"] = static_cast<int>(OptimKind::rmsprop);
   kinds["adam"] = static_cast<int>(OptimKind::adam);
   m.attr("OPTIM_KINDS") = kinds;
+
+  m.def(
+      "find_overlaps",
+      [](py::list arrays, std::vector<bool> written) {
+        DK_CHECK(written.size() == arrays.size(), "find_overlaps: arrays and written differ in length");
+        std::vector<Span> spans;
+        for (size_t k = 0; k < arrays.size(); ++k)
+          spans.push_back(span_of(as_array(arrays[k], {"arrays", k}), written[k], {"arrays", k}, k));
+        return overlapping_pairs(std::move(spans), 64);
+      },
+      py::arg("arrays"), py::arg("written"),
+      "Pairs (i, j) of arrays whose byte ranges intersect, one of them written (at most 64). "
+      "Exact for C-contiguous arrays; for strided ones a candidate (check np.shares_memory).");
 
   m.def(
       "optim_hyper_names", [](int kind) { return cpu::optim_hyper_names(to_kind(kind)); },
@@ -182,7 +220,7 @@ void bind_optim(py::module_& m) {
         check_shape(hyper, "hyper", {static_cast<int64_t>(count), H});
         const double* h = in_ptr<double>(hyper, "hyper");
         if (count == 0) return;
-        dispatch_list(params, "params[0]", [&](auto tag) {
+        dispatch_list(params, "params", [&](auto tag) {
           optim_step_typed<decltype(tag)>(kind, params, grads, states, emas, h, H);
         });
       },
@@ -195,13 +233,17 @@ void bind_optim(py::module_& m) {
       [](py::list avgs, py::list xs, double decay) {
         DK_CHECK(avgs.size() == xs.size(), "ema_update: avgs and xs differ in length");
         if (avgs.size() == 0) return;
-        dispatch_list(avgs, "avgs[0]", [&](auto tag) {
+        dispatch_list(avgs, "avgs", [&](auto tag) {
           using T = decltype(tag);
           ArrayList<T> a(avgs, "avgs", true);
           ArrayList<T> x(xs, "xs", false);
-          for (size_t k = 0; k < a.n.size(); ++k) DK_CHECK(a.n[k] == x.n[k], "ema_update: ", item("xs", k), " has ", x.n[k], " elements, expected ", a.n[k]);
+          for (size_t k = 0; k < a.n.size(); ++k)
+            DK_CHECK(a.n[k] == x.n[k], "ema_update: xs[", k, "] has ", x.n[k], " elements, expected ", a.n[k]);
           std::vector<Span> spans = a.spans;
-          spans.insert(spans.end(), x.spans.begin(), x.spans.end());
+          for (Span s : x.spans) {
+            s.index += a.spans.size();
+            spans.push_back(std::move(s));
+          }
           check_no_overlap(spans);
           std::vector<const T*> xp(x.ptr.begin(), x.ptr.end());
           py::gil_scoped_release nogil;
@@ -215,7 +257,7 @@ void bind_optim(py::module_& m) {
       "multi_scale",
       [](py::list xs, double s) {
         if (xs.size() == 0) return;
-        dispatch_list(xs, "xs[0]", [&](auto tag) {
+        dispatch_list(xs, "xs", [&](auto tag) {
           using T = decltype(tag);
           ArrayList<T> x(xs, "xs", true);
           check_no_overlap(x.spans);
@@ -229,7 +271,7 @@ void bind_optim(py::module_& m) {
       "multi_norm_reduce",
       [](py::list xs, double p) -> double {
         if (xs.size() == 0) return 0.0;
-        return dispatch_list(xs, "xs[0]", [&](auto tag) {
+        return dispatch_list(xs, "xs", [&](auto tag) {
           using T = decltype(tag);
           ArrayList<T> x(xs, "xs", false);
           std::vector<const T*> xp(x.ptr.begin(), x.ptr.end());

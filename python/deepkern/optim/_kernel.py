@@ -16,20 +16,19 @@ KINDS: dict[str, int] = dict(_C.OPTIM_KINDS)
 ROW_NAMES: dict[str, tuple[str, ...]] = {k: tuple(_C.optim_hyper_names(v)) for k, v in KINDS.items()}
 
 
-def rows_to_matrix(kind: str, rows: list[dict]) -> np.ndarray:
-    """(len(rows), H) float64 matrix of the named scalars (missing names are 0)."""
-    names = ROW_NAMES[kind]
-    h = np.zeros((len(rows), len(names)), dtype=np.float64)
-    for i, row in enumerate(rows):
-        for j, name in enumerate(names):
-            v = row.get(name)
-            if v is not None:
-                h[i, j] = float(v)
-    return h
+def row(kind: str, values: dict) -> tuple[float, ...]:
+    """One row of `kind` from named values (names not given are 0)."""
+    return tuple(float(values.get(name, 0.0)) for name in ROW_NAMES[kind])
+
+
+def rows_to_matrix(kind: str, rows) -> np.ndarray:
+    """(len(rows), H) float64 matrix; rows are tuples from row() or dicts of named values."""
+    rows = [r if isinstance(r, tuple) else row(kind, r) for r in rows]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(ROW_NAMES[kind]))
 
 
 def optim_step(kind: str, params, grads, states, emas, rows) -> None:
-    """One fused step over the tensors of the lists (all of one dtype)."""
+    """One fused step over the tensors of the lists (all of one dtype), one row each."""
     _C.optim_step(KINDS[kind], params, grads, states, emas, rows_to_matrix(kind, rows))
 
 

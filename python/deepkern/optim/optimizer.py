@@ -27,17 +27,11 @@ import numbers
 
 import numpy as np
 
-from .. import _backend
+from .. import _C, _backend
 from ..nn.parameter import Parameter
 from . import _kernel
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-try:  # NumPy >= 2
-    from numpy.lib.array_utils import byte_bounds as _byte_bounds
-except ImportError:  # pragma: no cover - NumPy 1.x
-    _byte_bounds = np.byte_bounds
-
 
 # ----------------------------------------------------------------------------- option checks
 # The ValueError wordings are PyTorch's, so messages users search for find answers.
@@ -68,12 +62,16 @@ def _qualname(obj):
 
 
 class _Job:
-    """One parameter that this step updates, validated."""
+    """One parameter that this step updates, validated (gi, pi: its place in param_groups)."""
 
-    __slots__ = ("param", "group", "where", "data", "grad")
+    __slots__ = ("param", "group", "gi", "pi", "data", "grad")
 
-    def __init__(self, param, group, where, data, grad):
-        self.param, self.group, self.where, self.data, self.grad = param, group, where, data, grad
+    def __init__(self, param, group, gi, pi, data, grad):
+        self.param, self.group, self.gi, self.pi, self.data, self.grad = param, group, gi, pi, data, grad
+
+    @property
+    def where(self):
+        return f"param_groups[{self.gi}]['params'][{self.pi}] (shape {tuple(np.shape(self.param.data))})"
 
 
 class Optimizer:
@@ -141,6 +139,10 @@ class Optimizer:
     def _buffers(wanted, st, new, data):
         """The kernel's three state slots: the buffers named in `wanted` (None: slot unused),
         created as zeros (into `new`) when the state lacks them."""
+        try:  # the common case: every buffer exists
+            return [None if k is None else st[k] for k in wanted] + [None] * (3 - len(wanted))
+        except KeyError:
+            pass
         out = []
         for k in wanted:
             if k is not None and k not in st:
@@ -213,34 +215,30 @@ class Optimizer:
         return loss
 
     def _collect(self) -> list[_Job]:
-        """Validate everything the step will touch; return what to update."""
+        """Validate everything the step will touch; return what to update.
+
+        The common case (C-contiguous float arrays, matching grad, state as created) is
+        checked with a few attribute tests per parameter; anything else goes through
+        _check_job, which either accepts it or raises with a message naming the parameter.
+        """
         jobs = []
+        state = self.state
         for gi, group in enumerate(self.param_groups):
             self._check_options(group)
             for pi, p in enumerate(group["params"]):
-                if p.grad is None or not p.requires_grad:
+                grad = p.grad
+                if grad is None or not p.requires_grad:
                     continue
-                where = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(np.shape(p.data))})"
-                data, grad = p.data, p.grad
-                _check_data(data, where)
-                if isinstance(grad, np.generic):  # e.g. -g of a 0-d array is a NumPy scalar
-                    grad = np.asarray(grad)
-                if not isinstance(grad, np.ndarray):
-                    raise TypeError(f"{where}: grad must be a numpy.ndarray, got {_qualname(grad)}")
-                if grad.dtype != data.dtype:
-                    raise TypeError(f"{where}: grad has dtype {grad.dtype.name} but the parameter is "
-                                    f"{data.dtype.name}")
-                if grad.shape != data.shape:
-                    raise ValueError(f"{where}: grad has shape {grad.shape}, expected {data.shape}")
-                if not data.flags.writeable:
-                    raise ValueError(f"{where}: the parameter's data is read-only (not writeable)")
-                if data.size > 1 and any(s == 0 and n > 1 for s, n in zip(data.strides, data.shape)):
-                    raise ValueError(f"{where}: the parameter's data has overlapping memory (a zero "
-                                     "stride, e.g. from np.broadcast_to); give it its own array")
-                st = self.state.get(p)
+                data = p.data
+                job = _Job(p, group, gi, pi, data, grad)
+                if not (type(data) is np.ndarray and type(grad) is np.ndarray and data.dtype in _FLOATS
+                        and grad.dtype == data.dtype and grad.shape == data.shape and data.flags.c_contiguous
+                        and data.flags.writeable):
+                    _check_job(job)
+                st = state.get(p)
                 if st:
-                    _check_state(st, data, where)
-                jobs.append(_Job(p, group, where, data, grad))
+                    _check_state(st, data, job)
+                jobs.append(job)
         _check_no_overlap(jobs)
         return jobs
 
@@ -248,20 +246,28 @@ class Optimizer:
         """Run the update of the validated jobs (grad_scale and ema: see fused_step)."""
         if _backend.current() == "numpy":
             return self._apply_reference(jobs, grad_scale, ema)
+        rows_seen: dict = {}  # parameters of one group at one step count share their row
         batches: dict[np.dtype, tuple[list, list, list, list, list]] = {}
         commits = []
+        empty: dict = {}
         for job in jobs:
             p, group = job.param, job.group
-            st = self.state.get(p, {})
+            st = self.state.get(p, empty)
             new: dict = {}
             data = job.data if job.data.flags.c_contiguous else np.ascontiguousarray(job.data)
             grad = job.grad if job.grad.flags.c_contiguous else np.ascontiguousarray(job.grad)
             states = self._kernel_state(group, st, new, data)
-            row = self._row(group, st, new)
-            row["grad_scale"] = -grad_scale if group["maximize"] else grad_scale
             shadow = ema._shadow_of(p) if ema is not None else None
-            if shadow is not None:
-                row["ema_decay"] = ema.decay
+            key = (id(group), st.get("step"), len(new), shadow is not None)
+            row = rows_seen.get(key)
+            if row is None:
+                r = self._row(group, st, new)
+                r["grad_scale"] = -grad_scale if group["maximize"] else grad_scale
+                if shadow is not None:
+                    r["ema_decay"] = ema.decay
+                row = rows_seen[key] = _kernel.row(self._kind, r)
+            elif "step" not in new and self._has_step:
+                new["step"] = st.get("step", 0) + 1
             ps, gs, ss, es, rows = batches.setdefault(data.dtype, ([], [], [], [], []))
             ps.append(data)
             gs.append(grad)
@@ -269,21 +275,25 @@ class Optimizer:
             es.append(shadow)
             rows.append(row)
             commits.append((p, st, new, data, job.data))
-        for dtype, (ps, gs, ss, es, rows) in batches.items():
+        for ps, gs, ss, es, rows in batches.values():
             _kernel.optim_step(self._kind, ps, gs, ss, es if ema is not None else None, rows)
         self._commit(commits)
         if ema is not None:
             ema._finish_fused_update({id(j.param) for j in jobs})
 
     def _commit(self, commits):
+        state = self.state
         for p, st, new, data, orig in commits:
             if data is not orig:  # a non-contiguous parameter: write the result back in place
                 orig[...] = data
-            if new or p in self.state:
-                if "step" in new and "step" not in st:  # PyTorch's order: step first
-                    st = {"step": new.pop("step"), **st}
+            if not new:
+                continue
+            if p in state:
                 st.update(new)
-                self.state[p] = st
+            elif "step" in new:  # PyTorch's order: step first
+                state[p] = {"step": new.pop("step"), **new}
+            else:
+                state[p] = new
 
     def _apply_reference(self, jobs, grad_scale, ema):
         """The same step through deepkern.optim.reference, in float64 (use_backend('numpy'))."""
@@ -434,46 +444,53 @@ def _check_data(data, where):
                         "deepkern supports float32 or float64")
 
 
-def _check_state(st, data, where):
+def _check_job(job):
+    """The full checks of one parameter (the slow path of _collect); may normalize job.grad."""
+    data, grad = job.data, job.grad
+    _check_data(data, job.where)
+    if isinstance(grad, np.generic):  # e.g. -g of a 0-d array is a NumPy scalar
+        grad = job.grad = np.asarray(grad)
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"{job.where}: grad must be a numpy.ndarray, got {_qualname(grad)}")
+    if grad.dtype != data.dtype:
+        raise TypeError(f"{job.where}: grad has dtype {grad.dtype.name} but the parameter is {data.dtype.name}")
+    if grad.shape != data.shape:
+        raise ValueError(f"{job.where}: grad has shape {grad.shape}, expected {data.shape}")
+    if not data.flags.writeable:
+        raise ValueError(f"{job.where}: the parameter's data is read-only (not writeable)")
+    if data.size > 1 and any(s == 0 and n > 1 for s, n in zip(data.strides, data.shape)):
+        raise ValueError(f"{job.where}: the parameter's data has overlapping memory (a zero stride, e.g. from "
+                         "np.broadcast_to); give it its own array")
+
+
+def _check_state(st, data, job):
+    """State buffers are created with the parameter's shape and dtype; if .data was replaced
+    since by an array of another shape or dtype, refuse (the buffers no longer fit)."""
     for k, v in st.items():
-        if isinstance(v, np.ndarray):
+        if type(v) is np.ndarray:
             if v.shape != data.shape:
-                raise ValueError(f"{where}: its state {k!r} has shape {v.shape} but the parameter now has "
+                raise ValueError(f"{job.where}: its state {k!r} has shape {v.shape} but the parameter now has "
                                  f"shape {data.shape}")
             if v.dtype != data.dtype:
-                raise TypeError(f"{where}: its state {k!r} is {v.dtype.name} but the parameter is now "
+                raise TypeError(f"{job.where}: its state {k!r} is {v.dtype.name} but the parameter is now "
                                 f"{data.dtype.name}")
-
-
-def _bounds(a):
-    if a.flags.c_contiguous:
-        lo = a.__array_interface__["data"][0]
-        return lo, lo + a.nbytes
-    return _byte_bounds(a)
 
 
 def _check_no_overlap(jobs):
     """No parameter's data may share memory with any other array of the step (its own grad
-    included): the kernel would read values it has already overwritten."""
-    spans = []
-    for k, job in enumerate(jobs):
-        for arr, written, what in ((job.data, True, "data"), (job.grad, False, "grad")):
-            if arr.size:
-                lo, hi = _bounds(arr)
-                spans.append((lo, hi, written, what, k, arr))
-    spans.sort(key=lambda s: s[0])
-    active = []
-    for s in spans:
-        active = [a for a in active if a[1] > s[0]]
-        for a in active:
-            if not (a[2] or s[2]):
-                continue  # two grads may overlap: both are only read
-            contiguous = a[5].flags.c_contiguous and s[5].flags.c_contiguous
-            if not contiguous and not np.shares_memory(a[5], s[5]):
-                continue
-            ja, js = jobs[a[4]], jobs[s[4]]
-            if ja is js:
-                raise ValueError(f"{js.where}: grad shares memory with the parameter's data")
-            raise ValueError(f"{js.where} {s[3]} shares memory with {ja.where} {a[3]}; an optimizer "
-                             "step needs separate arrays")
-        active.append(s)
+    included): the kernel would read values it has already overwritten. One C++ sweep over
+    the byte ranges; candidate pairs involving strided arrays are confirmed exactly."""
+    arrays, written = [], []
+    for job in jobs:
+        arrays += (job.data, job.grad)
+        written += (True, False)
+    for i, j in _C.find_overlaps(arrays, written):
+        a, b = arrays[i], arrays[j]
+        if not (a.flags.c_contiguous and b.flags.c_contiguous) and not np.shares_memory(a, b):
+            continue  # interleaved views: their ranges cross but no element is shared
+        ja, jb = jobs[i // 2], jobs[j // 2]
+        if ja is jb:
+            raise ValueError(f"{jb.where}: grad shares memory with the parameter's data")
+        what = ("data", "grad")
+        raise ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
+                         "step needs separate arrays")
