@@ -15,6 +15,7 @@
 #ifndef DK_OPTIM_NS
 #error "define DK_OPTIM_NS before including optim_impl.h"
 #endif
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -38,17 +39,35 @@ struct Streams {
   T* e;        // EMA of the parameter (read, written)
 };
 
-// Run body(streams, i) for i = b, b+W, ... covering [b, e) of one tensor. The last
-// e - b mod W elements are copied into a zeroed one-vector buffer, run through the very
-// same body, and copied back: no scalar remainder loop, so an element's result never depends
-// on where a range starts or ends (hence on the thread count or the array's alignment).
+// Run body(streams, i) for i = b, b+W, ... covering [b, e) of one tensor. The ragged ends
+// (the few elements before the parameter's first 64-byte boundary, and the last e - b mod W)
+// are copied into a zeroed one-vector buffer, run through the very same body, and copied
+// back: no scalar loop, so an element's result never depends on where a range starts or
+// ends (hence on the thread count or the arrays' alignment) -- lanes never interact.
+template <class T, class Body>
+void through_buffer(const Streams<T>& a, int64_t i, int64_t r, const Body& body);
+
 template <class T, class Body>
 inline void for_each_vector(const Streams<T>& a, int64_t b, int64_t e, const Body& body) {
   constexpr int W = Vec<T>::W;
   int64_t i = b;
+  if (W > 1) {
+    // NumPy's large arrays start 16 bytes past a page, so every full-width vector would
+    // straddle two cache lines. Run the first few elements through the buffer so that the
+    // parameter's vectors are 64-byte aligned (the other arrays usually share its offset).
+    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(a.p + i) % 64) / sizeof(T));
+    const int64_t head = mis ? std::min<int64_t>((64 / sizeof(T)) - mis, e - i) : 0;
+    for (int64_t h = 0; h < head; h += W) through_buffer(a, i + h, std::min<int64_t>(W, head - h), body);
+    i += head;
+  }
   for (; i + W <= e; i += W) body(a, i);
-  const int64_t r = e - i;
-  if (r <= 0) return;
+  if (e - i > 0) through_buffer(a, i, e - i, body);
+}
+
+// Run body on r < W (or <= W) elements at [i, i + r) through a zeroed one-vector buffer.
+template <class T, class Body>
+void through_buffer(const Streams<T>& a, int64_t i, int64_t r, const Body& body) {
+  constexpr int W = Vec<T>::W;
   alignas(64) T buf[6][W];
   std::memset(buf, 0, sizeof(buf));
   T* const src[6] = {a.p, const_cast<T*>(a.g), a.s0, a.s1, a.s2, a.e};
