@@ -19,6 +19,13 @@ Differences from torch.optim, on purpose:
   * ``state_dict()`` returns copies (PyTorch returns references to the live state), and
     ``load_state_dict()`` copies in, so a saved dict never changes under you;
   * Adagrad creates its state for every group, also ones added later (PyTorch: lazily).
+
+Non-contiguous parameters (``p.data = big[..., 0]``, which PyTorch trains on) are supported:
+such a parameter is copied into a contiguous buffer, stepped with the others, and written
+back into the caller's view, so it is correct but pays two extra copies; keep parameters
+contiguous for memory speed (``Parameter()`` makes its array contiguous). A non-contiguous
+gradient is copied (it is only read). An array whose elements overlap (a zero stride) is
+refused: an in-place update of it has no meaning.
 """
 
 from __future__ import annotations
