@@ -205,3 +205,17 @@ def test_like_torch():
         assert_close(got, float(want), 1e-6, 0)
         for p, tp in zip(ps, tps):
             assert_close(p.grad, tp.grad.numpy(), 1e-5, 1e-8)
+
+
+def test_clip_numpy_backend_matches_cpu():
+    rng = np.random.default_rng(13)
+    a = grads_params(rng, SHAPES + [(1000,)])
+    b = [Parameter(np.zeros(p.shape, np.float32)) for p in a]
+    for pa, pb in zip(a, b):
+        pb.grad = pa.grad.copy()
+    with deepkern.use_backend("numpy"):
+        ta = clip_grad_norm_(a, 1.0)
+    tb = clip_grad_norm_(b, 1.0)
+    assert_close(ta, tb, 1e-12, 0)
+    for pa, pb in zip(a, b):
+        assert_close(pa.grad, pb.grad, 1e-6, 1e-9)

@@ -154,3 +154,18 @@ def test_fused_into_the_step_is_bitwise_step_then_update(name, cfg):
         for x, y in zip(ea.shadow, eb.shadow):
             assert_bitwise(x, y)
     assert ea.num_updates == eb.num_updates == 6
+
+
+def test_numpy_backend_matches_cpu():
+    import deepkern
+    rng = np.random.default_rng(6)
+    params = make_params(rng, SHAPES, np.float32)
+    a, b = optim.EMA(params, 0.9), optim.EMA(params, 0.9)
+    for _ in range(3):
+        for p in params:
+            p.data[...] = rng.standard_normal(p.shape)
+        with deepkern.use_backend("numpy"):
+            a.update()
+        b.update()
+    for x, y in zip(a.shadow, b.shadow):
+        assert_close(x, y, 1e-6, 1e-7)

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .. import _C
+from .. import _C, _backend
 from .parameter import Parameter
 
 __all__ = ["clip_grad_norm_", "total_norm"]
@@ -55,6 +55,9 @@ def total_norm(grads, norm_type=2.0) -> float:
     any thread count); the float32 and float64 partials are then combined in that order.
     """
     p = _check_norm_type(norm_type)
+    if _backend.current() == "numpy":
+        from ..optim.reference import total_norm as reference_total_norm
+        return reference_total_norm([g for g in grads if g.size], p)
     by_dtype: dict[np.dtype, list] = {}
     for g in grads:
         if g.size:
@@ -136,13 +139,15 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     coef = max_norm / (total + 1e-6)
     if coef > 1.0:  # (a NaN coefficient is kept, as PyTorch's clamp keeps it)
         coef = 1.0
-    contiguous: dict[np.dtype, list] = {}
+    in_cpp: dict[np.dtype, list] = {}  # contiguous ones: one C++ pass per dtype
+    rest = []
     for g in grads:
-        if g.flags.c_contiguous:
-            contiguous.setdefault(g.dtype, []).append(g)
-    for xs in contiguous.values():
+        if g.flags.c_contiguous and _backend.current() != "numpy":
+            in_cpp.setdefault(g.dtype, []).append(g)
+        else:
+            rest.append(g)
+    for xs in in_cpp.values():
         _C.multi_scale(xs, coef)
-    for g in grads:
-        if not g.flags.c_contiguous:
-            g *= g.dtype.type(coef)
+    for g in rest:
+        g *= g.dtype.type(coef)
     return total

@@ -6,8 +6,9 @@ import numbers
 
 import numpy as np
 
+from .. import _backend
 from ..nn.parameter import Parameter
-from . import _kernel
+from . import _kernel, reference
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -77,6 +78,11 @@ class EMA:
         self.num_updates += 1
 
     def _update_indices(self, indices, current):
+        if _backend.current() == "numpy":  # the NumPy reference, in float64
+            for i in indices:
+                avg = self.shadow[i]
+                avg[...] = reference.ema(avg.astype(np.float64), current[i].astype(np.float64), self.decay)
+            return
         batches: dict[np.dtype, tuple[list, list]] = {}
         for i in indices:
             avgs, xs = batches.setdefault(self.shadow[i].dtype, ([], []))
