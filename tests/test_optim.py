@@ -325,3 +325,15 @@ def test_numpy_backend_runs_the_reference():
 def test_repr_lists_group_options():
     r = repr(optim.Adam([Parameter(np.zeros(2, np.float32))], lr=0.5))
     assert r.startswith("Adam (") and "lr: 0.5" in r and "betas: (0.9, 0.999)" in r
+
+
+def test_interleaved_views_of_one_buffer_are_not_aliases():
+    """Two parameters that are interleaved views of one array share byte ranges but no
+    element: accepted (the overlap check confirms with np.shares_memory), both updated."""
+    base = np.arange(20, dtype=np.float64).reshape(10, 2)
+    a, b = Parameter(np.zeros(10)), Parameter(np.zeros(10))
+    a.data, b.data = base[:, 0], base[:, 1]
+    a.grad, b.grad = np.ones(10), np.full(10, 2.0)
+    optim.SGD([a, b], lr=0.5).step()
+    assert_bitwise(base[:, 0], np.arange(0, 20, 2, dtype=np.float64) - 0.5)
+    assert_bitwise(base[:, 1], np.arange(1, 20, 2, dtype=np.float64) - 1.0)
