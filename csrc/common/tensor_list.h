@@ -83,12 +83,22 @@ inline std::vector<Block> make_blocks(const int64_t* sizes, int64_t count) {
   return blocks;
 }
 
-// partial[i] = g(blocks[i]) computed in parallel; the caller folds them in order.
+// partial[i] = g(blocks[i]), the blocks spread over at most one thread per kMinPartElems
+// elements (a small reduction runs inline: waking a sleeping thread costs more than it);
+// the caller folds the partials in block order, so the grouping never changes the result.
 template <class R, class G>
 std::vector<R> map_blocks(const std::vector<Block>& blocks, const G& g) {
   std::vector<R> partial(blocks.size());
-  parallel_for(static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t i = b0; i < b1; ++i) partial[i] = g(blocks[i]);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+  int64_t total = 0;
+  for (const Block& b : blocks) total += b.end - b.begin;
+  const int64_t nparts = std::min<int64_t>({get_num_threads(), std::max<int64_t>(1, total / kMinPartElems), nb});
+  if (nparts <= 1) {
+    for (int64_t i = 0; i < nb; ++i) partial[i] = g(blocks[i]);
+    return partial;
+  }
+  parallel_for(nparts, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t i = k0 * nb / nparts; i < k1 * nb / nparts; ++i) partial[i] = g(blocks[i]);
   });
   return partial;
 }
