@@ -47,29 +47,38 @@ CASES = {
 
 
 def interleaved(fns: dict, reps: int, rounds: int = 3, stat="median"):
-    """ms of each callable, measured in alternating rounds of `reps` calls: the median of all
-    samples, or (stat="min") the fastest call -- on a shared machine the minimum estimates
-    what the code can do when nobody else is using the memory bus."""
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
+    """ms of each callable, measured in alternating rounds of `reps` calls each. stat="median":
+    the median of all calls; stat="min": the median over rounds of each round's fastest call
+    -- on a shared machine that estimates what the code does when nobody else is using the
+    cores and the memory bus, and the alternation keeps the comparison fair."""
+    samples = {k: [[] for _ in range(rounds)] for k in fns}
+    for r in range(rounds):
         for k, fn in fns.items():
             for _ in range(reps):
                 t = time.perf_counter()
                 fn()
-                samples[k].append((time.perf_counter() - t) * 1e3)
-    pick = min if stat == "min" else statistics.median
-    return {k: pick(v) for k, v in samples.items()}
+                samples[k][r].append((time.perf_counter() - t) * 1e3)
+    if stat == "min":
+        return {k: statistics.median(min(r) for r in v) for k, v in samples.items()}
+    return {k: statistics.median(x for r in v for x in r) for k, v in samples.items()}
 
 
-def triad_gbs(torch, n_elems, reps, rounds, stat):
-    """STREAM triad a = b + s*c (one pass, torch's threads) on 3 arrays of n_elems float32;
-    GB/s counted as STREAM does: 12 bytes per element (write-allocate not counted)."""
-    b = torch.rand(n_elems)
-    c = torch.rand(n_elems)
-    a = torch.empty(n_elems)
-    torch.add(b, c, alpha=3.0, out=a)
-    ms = interleaved({"triad": lambda: torch.add(b, c, alpha=3.0, out=a)}, reps, rounds, stat)["triad"]
-    return 12 * n_elems / ms / 1e6, ms
+class Triad:
+    """STREAM triad a = b + 3 c on three float32 arrays (one pass, torch's threads), sized so
+    that the three arrays together are as large as a given working set. STREAM counts 12
+    bytes per element (its write-allocate read of `a` is not counted)."""
+
+    def __init__(self, torch, working_set_elems):
+        self.n = working_set_elems // 3
+        self.b, self.c, self.a = torch.rand(self.n), torch.rand(self.n), torch.empty(self.n)
+        self.torch = torch
+        self()
+
+    def __call__(self):
+        self.torch.add(self.b, self.c, alpha=3.0, out=self.a)
+
+    def gbs(self, ms):
+        return 12 * self.n / ms / 1e6
 
 
 def make_params(rng, n, k, dtype=np.float32):
@@ -131,7 +140,6 @@ def main(argv=None):
     results = {"cpu": info["cpu"], "simd": info["simd"], "threads": args.threads, "n": args.n, "stat": args.stat,
                "tensors": args.tensors, "optimizers": {}}
     names = [s for s in args.only.split(",") if s] or list(CASES)
-    triads = {}
     hdr = (f"{'optimizer':9s} {'B/elem':>6s} {'step ms':>8s} {'kernel':>7s} {'GB/s':>6s} {'triad':>6s} "
            f"{'%triad':>6s} {'torch ms (loop/foreach/fused)':>30s} {'best':>7s} {'speedup':>7s}")
     print(hdr)
@@ -150,19 +158,19 @@ def main(argv=None):
         tmodes = torch_modes(torch, tname, topts, tparams) if torch is not None else {}
         for mode, o in tmodes.items():
             fns["torch_" + mode] = o.step
+        # the working set: params, grads and state buffers, n float32 each (the grad is only
+        # read: 4 bytes per element; every other array is read and written: 8)
+        triad = Triad(torch, (1 + (bpe - 4) // 8) * args.n) if torch is not None else None
+        if triad is not None:
+            fns["triad"] = triad
         t = interleaved(fns, args.reps, args.rounds, args.stat)
         gbs = bpe * args.n / t["step"] / 1e6
-        # working set: params + grads + state buffers, each n float32
-        n_arrays = {12: 2, 20: 3, 28: 4, 36: 5}[bpe]
-        key = n_arrays * args.n
-        if torch is not None and key not in triads:
-            triads[key] = triad_gbs(torch, key // 3, args.reps, args.rounds, args.stat)
-        tri = triads.get(key, (float("nan"), 0))[0]
+        tri = triad.gbs(t["triad"]) if triad is not None else float("nan")
         tms = {m: t.get("torch_" + m) for m in ("forloop", "foreach", "fused")}
         best = min((v for v in tms.values() if v), default=float("nan"))
         tstr = "/".join(f"{v:.2f}" if v else "-" for v in tms.values())
         print(f"{name:9s} {bpe:6d} {t['step']:8.2f} {t['kernel']:7.2f} {gbs:6.1f} {tri:6.1f} {100 * gbs / tri:5.0f}% "
-              f"{tstr:>30s} {best:7.2f} {best / t['step']:6.2f}x")
+              f"{tstr:>30s} {best:7.2f} {best / t['step']:6.2f}x", flush=True)
         results["optimizers"][name] = dict(bytes_per_elem=bpe, step_ms=t["step"], kernel_ms=t["kernel"], gbs=gbs,
                                            triad_gbs=tri, pct_triad=100 * gbs / tri,
                                            torch_ms=tms, torch_best_ms=best, speedup=best / t["step"])
