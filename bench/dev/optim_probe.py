@@ -63,19 +63,66 @@ def interleaved(fns: dict, reps: int, rounds: int = 3, stat="median"):
     return {k: statistics.median(x for r in v for x in r) for k, v in samples.items()}
 
 
-class Triad:
-    """STREAM triad a = b + 3 c on three float32 arrays (one pass, torch's threads), sized so
-    that the three arrays together are as large as a given working set. STREAM counts 12
-    bytes per element (its write-allocate read of `a` is not counted)."""
+_TRIAD_C = r"""
+#include <stdint.h>
+void triad(float* a, const float* b, const float* c, int64_t n, float s, int threads) {
+  #pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
+}
+"""
 
-    def __init__(self, torch, working_set_elems):
+
+def _compiled_triad():
+    """STREAM's triad loop compiled here with the system C compiler (-O3 -march=native
+    -fopenmp), or None when there is no compiler."""
+    import ctypes
+    import os
+    import subprocess
+    import tempfile
+    d = tempfile.mkdtemp(prefix="dk_triad_")
+    src, lib = os.path.join(d, "triad.c"), os.path.join(d, "triad.so")
+    with open(src, "w") as f:
+        f.write(_TRIAD_C)
+    try:
+        subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", src, "-o", lib],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    fn = ctypes.CDLL(lib).triad
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    return fn
+
+
+class Triad:
+    """STREAM triad a = b + 3 c on three float32 arrays, sized so that the three together are
+    as large as a given working set, on the same thread count. STREAM counts 12 bytes per
+    element (the write-allocate read of `a` it also causes is not counted). Compiled C when
+    a compiler is present, else PyTorch's add(out=) (one pass too, usually slower)."""
+
+    _c = None
+
+    def __init__(self, torch, working_set_elems, threads):
         self.n = working_set_elems // 3
-        self.b, self.c, self.a = torch.rand(self.n), torch.rand(self.n), torch.empty(self.n)
-        self.torch = torch
+        if Triad._c is None:
+            Triad._c = _compiled_triad() or False
+        self.kind = "C" if Triad._c else "torch.add"
+        if Triad._c:
+            self.b = np.random.default_rng(1).random(self.n, dtype=np.float32)
+            self.c = np.random.default_rng(2).random(self.n, dtype=np.float32)
+            self.a = np.zeros(self.n, np.float32)
+            self.args = (self.a.ctypes.data, self.b.ctypes.data, self.c.ctypes.data, self.n, 3.0, threads)
+        elif torch is not None:
+            self.b, self.c, self.a = torch.rand(self.n), torch.rand(self.n), torch.empty(self.n)
+            self.torch = torch
+        else:
+            raise RuntimeError("no C compiler and no PyTorch: cannot measure a triad")
         self()
 
     def __call__(self):
-        self.torch.add(self.b, self.c, alpha=3.0, out=self.a)
+        if Triad._c:
+            Triad._c(*self.args)
+        else:
+            self.torch.add(self.b, self.c, alpha=3.0, out=self.a)
 
     def gbs(self, ms):
         return 12 * self.n / ms / 1e6
@@ -127,7 +174,7 @@ def main(argv=None):
     info = dk.build_info()
     print(f"# {info['cpu']} | simd {info['simd']} | threads {args.threads} | n {args.n:,} float32 in "
           f"{args.tensors} tensors | torch {torch.__version__ if torch else 'absent'} | {platform.python_version()} | "
-          f"{args.stat} of {args.rounds}x{args.reps} calls")
+          f"{args.stat} of {args.rounds}x{args.reps} calls | triad: {'C' if _compiled_triad() else 'torch.add'}")
 
     rng = np.random.default_rng(0)
     params = make_params(rng, args.n, args.tensors)
@@ -160,12 +207,11 @@ def main(argv=None):
             fns["torch_" + mode] = o.step
         # the working set: params, grads and state buffers, n float32 each (the grad is only
         # read: 4 bytes per element; every other array is read and written: 8)
-        triad = Triad(torch, (1 + (bpe - 4) // 8) * args.n) if torch is not None else None
-        if triad is not None:
-            fns["triad"] = triad
+        triad = Triad(torch, (1 + (bpe - 4) // 8) * args.n, args.threads)
+        fns["triad"] = triad
         t = interleaved(fns, args.reps, args.rounds, args.stat)
         gbs = bpe * args.n / t["step"] / 1e6
-        tri = triad.gbs(t["triad"]) if triad is not None else float("nan")
+        tri = triad.gbs(t["triad"])
         tms = {m: t.get("torch_" + m) for m in ("forloop", "foreach", "fused")}
         best = min((v for v in tms.values() if v), default=float("nan"))
         tstr = "/".join(f"{v:.2f}" if v else "-" for v in tms.values())
