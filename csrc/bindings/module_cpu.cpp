@@ -21,6 +21,7 @@ namespace dk::py_bind {
 void bind_layers(py::module_& m);
 void bind_testing(py::module_& m);
 void bind_bench(py::module_& m);
+void bind_optim(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -67,4 +68,5 @@ PYBIND11_MODULE(_C, m) {
   dk::py_bind::bind_layers(m);
   dk::py_bind::bind_testing(m);
   dk::py_bind::bind_bench(m);
+  dk::py_bind::bind_optim(m);
 }

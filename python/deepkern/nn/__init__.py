@@ -19,6 +19,7 @@ from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatt
 from .loss import CrossEntropyLoss
 from .module import IncompatibleKeys, Module, Sequential
 from .parameter import Parameter
+from . import utils  # noqa: E402  (clip_grad_norm_)
 
 __all__ = [
     "Parameter", "Module", "Sequential", "IncompatibleKeys",
