@@ -136,33 +136,15 @@ def load_npz(path, x_key="x", y_key="y"):
     dtype, finite. y: (N,) non-negative integers. Returns (x float32, y int64). Object
     arrays (pickles) are refused.
     """
+    from .._npz import read_npz
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    # We open the file ourselves so that it is closed on every error (np.load leaves its own
-    # file handle open when the zip directory is damaged).
-    try:
-        with open(path, "rb") as f:
-            z = np.load(f, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError(f"{path}: a single .npy array, expected an .npz archive with '{x_key}' and '{y_key}'")
-            with z:
-                missing = [k for k in (x_key, y_key) if k not in z.files]
-                if missing:
-                    raise ValueError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)}; "
-                                     f"the file holds {z.files}")
-                x, y = z[x_key], z[y_key]
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
-    except ValueError as e:
-        if str(e).startswith(path):
-            raise
-        raise ValueError(f"{path}: cannot load ({e})") from e
-    except (NotImplementedError, SyntaxError, tokenize.TokenError, KeyError, RecursionError) as e:
-        # A damaged file reaches these too (found by tests/test_fuzz_files.py): zipfile raises
-        # NotImplementedError for a flipped "version needed" byte; NumPy's .npy header parser
-        # raises SyntaxError or tokenize.TokenError for a damaged header.
-        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    arrays = read_npz(path, "load_npz")
+    missing = [k for k in (x_key, y_key) if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {', '.join(repr(k) for k in missing)}; "
+                         f"the file holds {sorted(arrays)}")
+    x, y = arrays[x_key], arrays[y_key]
     if x.dtype.kind not in "iuf":
         raise ValueError(f"{path}: '{x_key}' must hold numbers, got dtype {x.dtype.name}")
     if x.ndim not in (2, 3, 4) or x.shape[0] == 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import zipfile
 
 import numpy as np
 
@@ -67,24 +66,14 @@ def save_state(state_dict, file) -> None:
 
 def load_state(file):
     """Read a state dict written by save_state. A file that is not one (truncated, not a zip,
-    missing entries) is a ValueError."""
-    meta = None
-    try:
-        z = np.load(file, allow_pickle=False)
-        if hasattr(z, "files"):  # an .npz (a bare .npy loads as an array)
-            with z:
-                arrays = {k: z[k] for k in z.files if k != _META}
-                if _META in z.files:
-                    meta = str(z[_META])
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
-        raise ValueError(f"load_state: cannot read {file!r}: {e}") from None
+    missing entries, malformed metadata) is a ValueError."""
+    from .._npz import read_npz
+
+    arrays = read_npz(file, "load_state")
+    meta = arrays.pop(_META, None)
     if meta is None:
         raise ValueError(f"load_state: {file!r} is not a deepkern state file (no {_META} entry)")
     try:
-        tree = json.loads(meta)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"load_state: malformed file {file!r}: {e}") from None
-    try:
-        return _decode(tree, arrays)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"load_state: malformed file {file!r}: {e}") from None
+        return _decode(json.loads(str(meta)), arrays)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"load_state: malformed file {file!r}: {type(e).__name__}: {e}") from None
