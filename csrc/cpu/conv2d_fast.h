@@ -221,8 +221,8 @@ struct FlatSpec {
   int64_t T = 0;                // taps
   int64_t rows = 0, width = 0;  // the output grid (width >= the real output width)
   int64_t Q = 0, nvec = 0;      // rows * width pixels, in nvec vectors of L lanes
-  std::vector<int64_t> off;     // [T] input offset of each tap, relative to the output pixel
-  std::vector<uint32_t> bits;   // [nvec][T] lanes whose tap reads a real input pixel
+  Vec<int64_t> off;     // [T] input offset of each tap, relative to the output pixel
+  Vec<uint32_t> bits;   // [nvec][T] lanes whose tap reads a real input pixel
 
   FlatSpec(int64_t T_, int64_t rows_, int64_t width_) : T(T_), rows(rows_), width(width_) {
     Q = rows * width;
@@ -380,8 +380,8 @@ struct FlatInput {
   bool copy = false;
   int64_t Hz = 0, width = 0;               // phase plane rows and width
   int64_t cs = 0;                          // channel stride in the buffer the kernel reads
-  std::vector<int64_t> rows, cols;         // the row / column phases a tap reads (copy)
-  std::vector<int64_t> row_slot, col_slot; // phase -> its position in rows / cols
+  Vec<int64_t> rows, cols;         // the row / column phases a tap reads (copy)
+  Vec<int64_t> row_slot, col_slot; // phase -> its position in rows / cols
   int64_t plane_of(int64_t a, int64_t b) const {
     return (row_slot[a] * static_cast<int64_t>(cols.size()) + col_slot[b]) * Hz * width;
   }
@@ -420,7 +420,7 @@ inline FlatInput flat_input(const Conv2dParams& p) {
 // Row deinterleave for the phase split: dst[k][j] = src[j*s + cols[k]] for j < width (zero
 // past the source row of length w). Vectorized for s == 2 (the common stride).
 inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s,
-                      const std::vector<int64_t>& cols) {
+                      const Vec<int64_t>& cols) {
   if (s == 2) {
     using S = Simd;
     constexpr int L = S::L;
@@ -446,7 +446,7 @@ inline void split_row(float* const* dst, int64_t width, const float* src, int64_
 inline void make_flat_input(float* z, const float* xg, int64_t cpg, const Conv2dParams& p,
                             const FlatInput& in) {
   const int64_t plane = in.Hz * in.width, nb = static_cast<int64_t>(in.cols.size());
-  std::vector<float*> dst(nb);
+  Vec<float*> dst(nb);
   for (int64_t c = 0; c < cpg; ++c)
     for (size_t ia = 0; ia < in.rows.size(); ++ia)
       for (int64_t i = 0; i < in.Hz; ++i) {
@@ -556,10 +556,10 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
     std::unique_ptr<FlatSpec> f;
     PackedA A;
   };
-  std::vector<Phase> ph(nph);
+  Vec<Phase> ph(nph);
   for (int64_t a = 0; a < s_h; ++a)
     for (int64_t b = 0; b < s_w; ++b) {
-      std::vector<std::pair<int64_t, int64_t>> taps;  // (kh, kw) reaching this phase
+      Vec<std::pair<int64_t, int64_t>> taps;  // (kh, kw) reaching this phase
       for (int64_t kh = 0; kh < p.KH; ++kh)
         for (int64_t kw = 0; kw < p.KW; ++kw)
           if (pmod(a + p.ph - kh * p.dh, s_h) == 0 && pmod(b + p.pw - kw * p.dw, s_w) == 0)
@@ -569,7 +569,7 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
       if (Tp == 0) continue;  // no tap reaches this phase: it stays zero
       P.f = std::make_unique<FlatSpec>(Tp, Hd, width);
       const int64_t Ha = (p.H - a + s_h - 1) / s_h, Wb = (p.W - b + s_w - 1) / s_w;
-      std::vector<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
+      Vec<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
       for (int64_t t = 0; t < Tp; ++t) {
         const auto [kh, kw] = taps[t];
         const int64_t eh = (a + p.ph - kh * p.dh) / s_h, ew = (b + p.pw - kw * p.dw) / s_w;
@@ -591,7 +591,7 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
     float* bp = scratch(0, kc * kNR);
     float* tmp = scratch(1, nph * cpg * Qg);
     float* wide = copy ? scratch(2, ocpg * cs) : nullptr;
-    std::vector<const float*> src(s_w);
+    Vec<const float*> src(s_w);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / p.G, g = it % p.G;
       const float* dyg = dy + (n * p.OC + g * ocpg) * OHW;
@@ -786,7 +786,7 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
     float* xpad = scratch(4, S * cpg * plane);
     std::fill(xpad, xpad + S * cpg * plane, 0.f);  // the borders; pad_input writes interiors
     float* dyT = scratch(5, S * Q * kNR);
-    std::vector<const float*> xs(S), bs(S);
+    Vec<const float*> xs(S), bs(S);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t ch = it / (p.G * noct), g = (it / noct) % p.G, ot = it % noct;
       const int64_t oc0 = ot * kNR;

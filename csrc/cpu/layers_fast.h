@@ -59,7 +59,7 @@ void relu_forward_f32(float* y_, const float* x_, int64_t n) {
   });
 }
 
-// dx = y > 0 ? dy : 0 (an ordered compare: NaN in y gives 0).
+// dx = y <= 0 ? 0 : dy (PyTorch's threshold_backward: an unordered compare, NaN in y passes dy).
 void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n) {
   parallel_range(n, kMinPerThread, [&](int64_t b, int64_t e) {
     float* __restrict dx = dx_;
@@ -68,10 +68,10 @@ void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n)
     int64_t i = b;
     for (; i + 2 * L <= e; i += 2 * L)
       for (int u = 0; u < 2; ++u)
-        S::store(dx + i + u * L, S::select_gt0(S::load(y + i + u * L), S::load(dy + i + u * L)));
+        S::store(dx + i + u * L, S::zero_le0(S::load(y + i + u * L), S::load(dy + i + u * L)));
     for (; i < e; i += L) {
       const S::M m = S::mask(low_bits(e - i));
-      S::storem(dx + i, m, S::select_gt0(S::loadm(y + i, m), S::loadm(dy + i, m)));
+      S::storem(dx + i, m, S::zero_le0(S::loadm(y + i, m), S::loadm(dy + i, m)));
     }
   });
 }
@@ -321,9 +321,9 @@ bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, 
 // Window of output o along an axis (stride 1): [o - pad, o - pad + k), clipped to the padded
 // input [-pad, n + pad) for the divisor when count_include_pad, to [0, n) for the sum.
 struct AxisWindows {
-  std::vector<int64_t> lo, hi;  // taps inside the input: [lo, hi)
-  std::vector<float> count;     // the divisor factor
-  std::vector<int64_t> rlo, rhi;  // inverse: the outputs whose window holds input i
+  Vec<int64_t> lo, hi;  // taps inside the input: [lo, hi)
+  Vec<float> count;     // the divisor factor
+  Vec<int64_t> rlo, rhi;  // inverse: the outputs whose window holds input i
 };
 
 static AxisWindows axis_windows(int64_t n, int64_t out, int64_t k, int64_t pad, bool include_pad) {
@@ -397,7 +397,7 @@ static void box_stencil(float* out, int64_t rows, int64_t cols, const float* P, 
 // A zero-bordered plane buffer: P[r][c] = src[r - r0][c - c0] inside, 0 elsewhere. The border
 // is zeroed once; put() rewrites only the interior.
 struct PaddedPlane {
-  std::vector<float> buf;
+  Vec<float> buf;
   int64_t pitch = 0, r0 = 0, c0 = 0;
   PaddedPlane(int64_t rows, int64_t cols, int64_t r0_, int64_t c0_)
       : buf(static_cast<size_t>(rows * ((cols + L - 1) / L * L + L))), pitch((cols + L - 1) / L * L + L),
@@ -434,7 +434,7 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
   const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
   const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;
-  std::vector<float> cw((p.OW + L - 1) / L * L, 0.f);  // column factors of the divisors
+  Vec<float> cw((p.OW + L - 1) / L * L, 0.f);  // column factors of the divisors
   std::copy(aw.count.begin(), aw.count.end(), cw.begin());
   parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     // output (oh, ow) sums P rows oh.. oh+kh-1, columns ow.. ow+kw-1: x shifted by the padding
@@ -462,7 +462,7 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
   const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
   const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
-  std::vector<float> cw((OW + L - 1) / L * L, 0.f);
+  Vec<float> cw((OW + L - 1) / L * L, 0.f);
   std::copy(aw.count.begin(), aw.count.end(), cw.begin());
   parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
     PaddedPlane B[2] = {PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw),

@@ -16,10 +16,35 @@
 #endif
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
+#include <vector>
 
 namespace dk::cpu::DK_ISA_NS {
+
+// std::vector for ISA code: Vec<T>. Every member function of a std::vector<float> used here
+// would be emitted as a weak symbol compiled with this file's -m flags, and the linker keeps one
+// copy of each for the whole library: baseline code could end up calling AVX-512 instructions.
+// With an allocator type of this namespace, the ISA is part of every instantiation's name, so
+// none can be shared (.ci/check_isa_symbols.sh checks the object files).
+template <class T>
+struct Allocator {
+  using value_type = T;
+  Allocator() noexcept = default;
+  template <class U>
+  Allocator(const Allocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    if (n > size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t) noexcept { ::operator delete(p); }
+  friend bool operator==(const Allocator&, const Allocator&) noexcept { return true; }
+  friend bool operator!=(const Allocator&, const Allocator&) noexcept { return false; }
+};
+template <class T>
+using Vec = std::vector<T, Allocator<T>>;
 
 // Low n bits set (n clamped to [0, 32]).
 inline uint32_t low_bits(int64_t n) {
@@ -49,6 +74,8 @@ struct Simd {
   // m ? v : 0, and y > 0 ? v : 0 (ordered: NaN in y gives 0)
   static V select(M m, V v) { return _mm512_maskz_mov_ps(m, v); }
   static V select_gt0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_GT_OQ), v); }
+  // y <= 0 ? 0 : v (unordered "not <=": NaN in y keeps v; relu backward's rule)
+  static V zero_le0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_NLE_UQ), v); }
   // lanes where v > best or v is NaN (the max-pool "take" rule)
   static M gt_or_nan(V v, V best) {
     return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -204,6 +231,7 @@ struct Simd {
   }
   static V select(M m, V v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
   static V select_gt0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_GT_OQ), v); }
+  static V zero_le0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_NLE_UQ), v); }
   static M gt_or_nan(V v, V best) {
     return _mm256_castps_si256(_mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   }
