@@ -222,3 +222,28 @@ def test_max_pool_backward_with_foreign_indices(isa_name):
     bad[0, 0, 0, 0] = 8 * 34
     with isa(isa_name), pytest.raises(ValueError, match="outside its input plane"):
         F.max_pool2d_backward(dy, bad, x.shape)
+
+
+# ---------------------------------------------------------------------------------- page faults
+
+LARGE_OUTPUT_PROBE = """
+import resource, numpy as np, deepkern.functional as F
+x = np.ones((64, 64, 32, 32), np.float32)           # 16 MiB: beyond glibc's default mmap threshold
+for _ in range(3):
+    F.relu(x)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    F.relu(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_large_outputs_reuse_mapped_memory():
+    """A 16 MiB output allocated per call is not a fresh mmap each time (deepkern/_cpu.py sets
+    M_MMAP_THRESHOLD with M_TOP_PAD): measured 520 page faults per call before, 0 after."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", LARGE_OUTPUT_PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 16, f"{out.stdout.strip()} page faults per 16 MiB relu call"
