@@ -114,6 +114,37 @@ def test_max_pool_2x2_stride_2(isa_name, c, seed):
     assert_close(gx, R.max_pool2d_backward(f64(dy), ridx, x.shape), 1e-6, 1e-6, "grad_x")
 
 
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (64, 32, 4, 4), (3, 5, 2, 2), (7, 3, 16, 16), (2, 3, 6, 8),
+                                   (1, 1, 2, 2), (5, 3, 4, 2), (3, 7, 130, 2), (2, 5, 10, 4), (1, 3, 12, 16)])
+def test_max_pool_2x2_narrow_planes(isa_name, shape):
+    """Planes narrower than a vector (OW = 1, 2, 4, 8), pooled in groups of row pairs across
+    row and plane boundaries: totals that are not a multiple of the vector, index patterns
+    that repeat over several vectors (OH = 3, 5, 6), one longer than the table (OH = 65: the
+    row-by-row code), ties, NaN and -inf; the backward pass against the scatter-add, and with
+    an index of another window (the generic path redoes it)."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, max(1, flat.size // 9))] = np.nan
+    flat[rng.integers(0, flat.size, max(1, flat.size // 9))] = -np.inf
+    with isa(isa_name):
+        y, idx = F.max_pool2d(x, 2, 2)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dy.reshape(-1)[::5] = -0.0
+        gx = F.max_pool2d_backward(dy, idx, x.shape)
+    ry, ridx = R.max_pool2d(x, 2, 2)
+    assert_bitwise(y, ry, "y")
+    assert_bitwise(idx, ridx, "indices")
+    want = R.max_pool2d_backward(dy, ridx, x.shape)
+    assert_bitwise(gx, want + np.float32(0), "grad_x")        # (+0.0: the scatter adds to zeros)
+    bad = idx.copy()
+    bad.reshape(-1)[-1] = 0 if bad.reshape(-1)[-1] != 0 else 1
+    with isa(isa_name):
+        gx = F.max_pool2d_backward(dy, bad, x.shape)
+    assert_close(gx, R.max_pool2d_backward(f64(dy), bad, x.shape), 1e-6, 1e-6, "grad_x, foreign index")
+
+
 # ---------------------------------------------------------------------------------- avg pool
 
 @st.composite

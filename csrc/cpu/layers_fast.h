@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "common/philox.h"
 #include "cpu/layers_fast_api.h"
 #include "cpu/simd.h"
+#include "cpu/threading.h"
 
 namespace dk::cpu::DK_ISA_NS {
 
@@ -192,13 +194,178 @@ void dropout_backward_f32(float* dx_, const float* dy_, const uint8_t* mask_, in
 }
 
 // ---------------------------------------------------------------------------------------------
+// Max pooling 2x2/s2 of planes narrower than a vector (OW < L, L % OW == 0) that the windows
+// tile exactly (H == 2*OH, W == 2*OW): the planes of a small CNN (8x8 -> 4x4 -> 2x2). Row by
+// row, each output row of 1-8 outputs costs a masked vector step (~24 cycles: 25 us for a
+// 64 x 32 x 4 x 4 batch, measured). Instead the tensor is seen as its R = N*C*OH row pairs,
+// consecutive in memory (2W = 4*OW floats each), whose outputs are consecutive too (OW
+// each): g = L/OW row pairs give one vector of L outputs from 4 consecutive input vectors,
+// across row and plane boundaries alike.
+//
+// Lane j of a vector is column c = j % OW of its k-th row pair (k = j / OW). After
+// deinterleaving the input vectors (V0, V1) and (V2, V3) into their even and odd floats
+// E = E01:E23 and O = O01:O23 (2L floats each), lane j's window is
+//     a = E[k*2OW + c]       b = O[k*2OW + c]         (top row)
+//     c = E[k*2OW + OW + c]  d = O[k*2OW + OW + c]    (bottom row)
+// one two-source permute each. Its index in the plane is 2*oh*W + 2*c (+1, +W, +W+1) with
+// oh = (row pair) % OH, a pattern that repeats every P = OH / gcd(OH, g) vectors: a table of
+// P index vectors. The backward pass runs the same permutes inverted.
+struct PairGroups {
+  int64_t OW = 0, W = 0, OH = 0, HW = 0, g = 0, total = 0, nvec = 0, P = 0;
+  alignas(64) int32_t top[L], bottom[L];  // lane -> position in E / O of taps a, b / c, d
+  alignas(64) int32_t inv[2][L];          // E01 / E23 lane -> position in the pair (A:C) (backward)
+  Vec<int32_t> base;                      // [P][L]: 2*oh*W + 2*c of each lane
+};
+
+static int64_t gcd64(int64_t a, int64_t b) {
+  while (b) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// The tables, or false when the shape is not one this path takes.
+static bool pair_groups(const Pool2dParams& p, PairGroups& G) {
+  if (p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
+      p.dw != 1 || p.H != 2 * p.OH || p.W != 2 * p.OW || p.OW >= L || L % p.OW != 0 ||
+      p.H * p.W >= (int64_t(1) << 31))
+    return false;
+  G.OW = p.OW;
+  G.W = p.W;
+  G.OH = p.OH;
+  G.HW = p.H * p.W;
+  G.g = L / p.OW;
+  G.total = p.N * p.C * p.OH * p.OW;
+  G.nvec = (G.total + L - 1) / L;
+  G.P = p.OH / gcd64(p.OH, G.g);
+  if (G.P > 64) return false;  // a long pattern (tall narrow planes): the row-by-row code
+  const int64_t OW = G.OW;
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t k = j / OW, c = j % OW;
+    G.top[j] = static_cast<int32_t>(k * 2 * OW + c);
+    G.bottom[j] = static_cast<int32_t>(k * 2 * OW + OW + c);
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t m = h * L + j, k = m / (2 * OW), r = m % (2 * OW);
+      G.inv[h][j] = static_cast<int32_t>(r < OW ? k * OW + r : L + k * OW + r - OW);
+    }
+  G.base.resize(G.P * L);
+  for (int64_t e = 0; e < G.P; ++e)
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t oh = (e * G.g + j / OW) % G.OH;
+      G.base[e * L + j] = static_cast<int32_t>(2 * oh * G.W + 2 * (j % OW));
+    }
+  return true;
+}
+
+// Cost of one group vector on one core (~12 cycles), for the threading threshold.
+constexpr double kPairGroupNs = 4.0;
+
+static void max_pool_groups_forward(float* y_, int64_t* idx_, const float* x_, const PairGroups& G) {
+  parallel_work(G.nvec, kPairGroupNs, [&](int64_t v0, int64_t v1) {
+    const float* __restrict x = x_;
+    float* __restrict y = y_;
+    int64_t* __restrict idx = idx_;
+    const S::I ta = S::loadu_i32(G.top), tc = S::loadu_i32(G.bottom);
+    const S::I one = S::set1_i32(1), w0 = S::set1_i32(static_cast<uint32_t>(G.W));
+    const S::I w1 = S::set1_i32(static_cast<uint32_t>(G.W + 1));
+    const int64_t total = G.total, P = G.P;
+    int64_t e = v0 % P;
+    for (int64_t v = v0; v < v1; ++v) {
+      const int64_t o = v * L, n = std::min<int64_t>(L, total - o);
+      const float* src = x + 4 * o;  // the input of outputs [o, o + n): 4n floats
+      V q[4];
+      for (int i = 0; i < 4; ++i)
+        q[i] = n == L ? S::load(src + i * L) : S::loadm(src + i * L, S::mask(low_bits(4 * n - i * L)));
+      V e01, o01, e23, o23;
+      S::deinterleave(q[0], q[1], e01, o01);
+      S::deinterleave(q[2], q[3], e23, o23);
+      const V a = S::permute2(e01, ta, e23), b = S::permute2(o01, ta, o23);
+      const V c = S::permute2(e01, tc, e23), d = S::permute2(o01, tc, o23);
+      const S::I base = S::loadu_i32(G.base.data() + e * L);
+      if (++e == P) e = 0;
+      V best = a;  // the reference's tap order a, b, c, d (see max_pool2d_forward_f32)
+      S::I bi = base;
+      S::M t = S::gt_or_nan(b, best);
+      best = S::blend(t, best, b);
+      bi = S::blend_i(t, bi, S::add_i32(base, one));
+      t = S::gt_or_nan(c, best);
+      best = S::blend(t, best, c);
+      bi = S::blend_i(t, bi, S::add_i32(base, w0));
+      t = S::gt_or_nan(d, best);
+      best = S::blend(t, best, d);
+      bi = S::blend_i(t, bi, S::add_i32(base, w1));
+      if (n == L)
+        S::store(y + o, best);
+      else
+        S::storem(y + o, S::mask(low_bits(n)), best);
+      S::store_i64(idx + o, bi, n);
+    }
+  });
+}
+
+// false: some index is not in its own window (the caller redoes everything generically).
+static bool max_pool_groups_backward(float* dx_, const float* dy_, const int64_t* idx_, const PairGroups& G) {
+  bool ok = true;  // written (false) by any thread that finds a stray index
+  parallel_work(G.nvec, kPairGroupNs, [&](int64_t v0, int64_t v1) {
+    const float* __restrict dy = dy_;
+    const int64_t* __restrict idx = idx_;
+    float* __restrict dx = dx_;
+    const S::I i0 = S::loadu_i32(G.inv[0]), i1 = S::loadu_i32(G.inv[1]);
+    const V zero = S::zero();
+    const int64_t total = G.total, P = G.P, W = G.W, HW = G.HW;
+    int64_t e = v0 % P;
+    for (int64_t v = v0; v < v1; ++v) {
+      const int64_t o = v * L, n = std::min<int64_t>(L, total - o);
+      const S::I base = S::loadu_i32(G.base.data() + e * L);
+      if (++e == P) e = 0;
+      S::I li;
+      if (!S::load_idx32(idx + o, n, HW, li)) {
+        __atomic_store_n(&ok, false, __ATOMIC_RELAXED);
+        return;
+      }
+      const S::I loc = S::sub_i32(li, base);  // 0, 1, W or W + 1 inside the window
+      const S::M ma = S::eq_i32(loc, 0), mb = S::eq_i32(loc, 1);
+      const S::M mc = S::eq_i32(loc, static_cast<int32_t>(W)), md = S::eq_i32(loc, static_cast<int32_t>(W + 1));
+      if (!S::all(S::or_m(S::or_m(ma, mb), S::or_m(mc, md)), n)) {
+        __atomic_store_n(&ok, false, __ATOMIC_RELAXED);
+        return;
+      }
+      const V g = n == L ? S::load(dy + o) : S::loadm(dy + o, S::mask(low_bits(n)));
+      // + 0.0: the generic scatter adds dy to a zeroed dx, turning -0.0 into +0.0
+      const V A = S::add(S::select(ma, g), zero), B = S::add(S::select(mb, g), zero);
+      const V C = S::add(S::select(mc, g), zero), D = S::add(S::select(md, g), zero);
+      V q[4];
+      S::interleave(S::permute2(A, i0, C), S::permute2(B, i0, D), q[0], q[1]);
+      S::interleave(S::permute2(A, i1, C), S::permute2(B, i1, D), q[2], q[3]);
+      float* dst = dx + 4 * o;
+      for (int i = 0; i < 4; ++i) {
+        if (n == L)
+          S::store(dst + i * L, q[i]);
+        else
+          S::storem(dst + i * L, S::mask(low_bits(4 * n - i * L)), q[i]);
+      }
+    }
+  });
+  return ok;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Max pooling, 2x2 windows at stride 2 without padding or dilation (the common case), one
-// plane at a time. Row pair (2oh, 2oh+1) gives L outputs per step: two loads per row,
+// plane at a time (planes at least a vector wide; narrower ones: the groups above). Row pair (2oh, 2oh+1) gives L outputs per step: two loads per row,
 // deinterleaved into the window's four taps a b / c d, and the running maximum is a blend
 // under "v > best or v is NaN", in the reference's tap order (a, b, c, d): ties keep the
 // first tap, a NaN wins and the last NaN's index is kept. No branch per element.
 // Outputs whose window runs past the input (ceil_mode) are left to the generic code.
 bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Pool2dParams& p) {
+  PairGroups G;
+  if (pair_groups(p, G)) {
+    max_pool_groups_forward(y_, idx_, x_, G);
+    return true;
+  }
   if (p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
       p.dw != 1 || p.H * p.W >= (int64_t(1) << 31))
     return false;
@@ -206,7 +373,9 @@ bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Poo
   // reload them after every store)
   const int64_t W = p.W, OW = p.OW, HW = p.H * p.W, OHW = p.OH * p.OW;
   const int64_t OHf = std::min(p.OH, p.H / 2), OWf = std::min(p.OW, p.W / 2);  // full windows
-  parallel_range(p.N * p.C, 1, [&, W, OW, HW, OHW, OHf, OWf](int64_t q0, int64_t q1) {
+  // ~5 ns per output vector on one core
+  const double ns_per_plane = 5.0 * static_cast<double>(OHf * ((OWf + L - 1) / L) + 1);
+  parallel_work(p.N * p.C, ns_per_plane, [&, W, OW, HW, OHW, OHf, OWf](int64_t q0, int64_t q1) {
     const S::I lane2 = S::add_i32(S::iota_i32(), S::iota_i32());  // 2 * lane
     const S::I one = S::set1_i32(1), w0 = S::set1_i32(static_cast<uint32_t>(W));
     const S::I w1 = S::set1_i32(static_cast<uint32_t>(W + 1));
@@ -260,12 +429,15 @@ bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Poo
 // forward) is redone by the generic code, which also reports indices outside the plane.
 // dy + 0.0: the scatter adds dy to 0, which turns -0.0 into +0.0; the same bits here.
 bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, const Pool2dParams& p) {
+  PairGroups G;
+  if (pair_groups(p, G)) return max_pool_groups_backward(dx_, dy_, idx_, G);
   if (p.kh != 2 || p.kw != 2 || p.sh != 2 || p.sw != 2 || p.ph != 0 || p.pw != 0 || p.dh != 1 ||
       p.dw != 1 || p.H != 2 * p.OH || p.W != 2 * p.OW || p.H * p.W >= (int64_t(1) << 31))
     return false;
   const int64_t W = p.W, OW = p.OW, OH = p.OH, HW = p.H * p.W, OHW = p.OH * p.OW;
-  bool ok = true;  // (written by the thread that finds a stray index; any writer writes false)
-  parallel_range(p.N * p.C, 1, [&, W, OW, OH, HW, OHW](int64_t q0, int64_t q1) {
+  bool ok = true;  // written (false) by any thread that finds a stray index
+  const double ns_per_plane = 5.0 * static_cast<double>(OH * ((OW + L - 1) / L) + 1);
+  parallel_work(p.N * p.C, ns_per_plane, [&, W, OW, OH, HW, OHW](int64_t q0, int64_t q1) {
     const S::I lane2 = S::add_i32(S::iota_i32(), S::iota_i32());
     const V zero = S::zero();
     for (int64_t q = q0; q < q1; ++q) {
@@ -305,7 +477,7 @@ bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, 
             }
           }
         }
-      if (!plane_ok) ok = false;
+      if (!plane_ok) __atomic_store_n(&ok, false, __ATOMIC_RELAXED);
     }
   });
   return ok;
@@ -493,86 +665,325 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
 }
 
 // ---------------------------------------------------------------------------------------------
-// Batch norm passes (batch_norm.cpp holds the math around them). Each thread owns a range of
-// channels and walks every pass in memory order: sample by sample, its channels' planes (a
-// contiguous block). Per channel, the sums run over the samples in order: any thread count
-// gives the same bits. HW == 1 (2-D input): the channels are the vector lanes instead.
+// Batch norm: the two passes over the data (batch_norm.cpp holds the per-channel math between
+// them, called back through BnChannelStep).
+//
+//   training forward  sums   s1 = sum(x - K[c]), s2 = sum((x - K[c])^2)   (K: a shift, below)
+//                     step   (s1, s2) -> mean, scale, shift
+//                     pass   y = (x - mean) * scale + shift
+//   backward          sums   sdy = sum(dy), sdyx = sum(dy * (x - mean))
+//                     step   (sdy, sdyx) -> k, kx, k0        (and the weight gradients)
+//                     pass   dx = k * dy + kx * (x - mean) + k0   (eval: dx = k * dy)
+//
+// Schedule. Each thread owns a contiguous range of channels (a channel's sums never cross
+// threads: any thread count gives the same bits) and takes it in blocks of channels whose data
+// over the whole batch fits in a quarter of L2: the sums pass reads a block from memory, the
+// element-wise pass reads it again from L2. So each input crosses the memory bus once, where
+// two whole-tensor passes (the previous schedule) read it twice: 67% of the triad at best.
+// Within a block both passes walk memory in order (sample by sample, the block's planes: one
+// contiguous run per sample); walking one channel across the samples instead (runs of HW
+// floats C*HW apart) put a 64 x 32 x 4 x 4 batch's 64 runs of one channel 2 KB apart, into 2
+// sets of L1, and the passes stalled on L2 (17 us instead of 3, measured).
+//
+// Sums in float with pairwise blocks: each lane adds at most kFoldEvery values in float, and
+// then its partial goes into a double accumulator (vcvtps2pd). A float sum of 64 terms loses
+// ~1e-7 (relative); a plain float sum over a 64 x 32 x 32 channel (4096 values per lane) would
+// lose ~5e-6. Converting every value to double instead (the previous schedule) costs twice
+// the vector operations. Values are shifted by K[c] (the channel's first element) before
+// squaring, so a large mean does not cancel the variance away (RELIABILITY.md); x - K of two
+// floats within a factor of 2 of each other is exact.
+//
+// HW == 1 (BatchNorm1d on (N, C)): the channels are the vector lanes.
+constexpr int kFoldEvery = 64;
+
+// The two running sums of one channel (or, HW == 1, of L channels: one per lane).
+struct LaneSums {
+  V a = S::zero(), b = S::zero();
+  int n = 0;  // float additions per lane since the last fold
+  alignas(64) double da[L] = {}, db[L] = {};
+  void fold() {
+    S::add_to_double(da, a);
+    S::add_to_double(db, b);
+    a = b = S::zero();
+    n = 0;
+  }
+  void add(V u, V v, int count) {  // a piece of `count` vectors summed in float
+    a = S::add(a, u);
+    b = S::add(b, v);
+    if ((n += count) >= kFoldEvery) fold();
+  }
+  void totals(double& ta, double& tb) {  // the lanes, folded in lane order
+    fold();
+    ta = 0;
+    tb = 0;
+    for (int i = 0; i < L; ++i) {
+      ta += da[i];
+      tb += db[i];
+    }
+  }
+};
+
+// One run of HW floats (a channel of one sample) into its channel's sums, in pieces of at most
+// kFoldEvery vectors summed with 4 interleaved accumulators (4 dependency chains):
+//   a += u, b += u * w    with u = U(i), w = W(i) for vector i (tail lanes: 0)
+template <class FU, class FW>
+static inline void run_sums(LaneSums& s, int64_t HW, const FU& U, const FW& W) {
+  const int64_t nfull = HW / L;
+  if (HW <= 4 * L) {  // short runs (small planes): straight into the channel's sums
+    int64_t i = 0;
+    for (; i < nfull; ++i) {
+      const V x = U(i, true);
+      s.a = S::add(s.a, x);
+      s.b = S::fma(x, W(i, true), s.b);
+    }
+    if (i * L < HW) {
+      const V x = U(i, false);
+      s.a = S::add(s.a, x);
+      s.b = S::fma(x, W(i, false), s.b);
+      ++i;
+    }
+    if ((s.n += static_cast<int>(i)) >= kFoldEvery) s.fold();
+    return;
+  }
+  int64_t i = 0;
+  while (i < nfull) {
+    const int64_t e = std::min<int64_t>(nfull, i + kFoldEvery);
+    V a[4] = {S::zero(), S::zero(), S::zero(), S::zero()}, b[4] = {a[0], a[0], a[0], a[0]};
+    const int count = static_cast<int>(e - i);
+    for (; i + 4 <= e; i += 4)
+      for (int u = 0; u < 4; ++u) {
+        const V x = U(i + u, true);
+        a[u] = S::add(a[u], x);
+        b[u] = S::fma(x, W(i + u, true), b[u]);
+      }
+    for (int u = 0; i < e; ++i, ++u) {
+      const V x = U(i, true);
+      a[u] = S::add(a[u], x);
+      b[u] = S::fma(x, W(i, true), b[u]);
+    }
+    s.add(S::add(S::add(a[0], a[1]), S::add(a[2], a[3])), S::add(S::add(b[0], b[1]), S::add(b[2], b[3])), count);
+  }
+  if (nfull * L < HW) {
+    const V x = U(nfull, false);
+    s.add(x, S::mul(x, W(nfull, false)), 1);
+  }
+}
+
+// Channels per block: a block's values over the whole batch in a quarter of L2, counting every
+// array the passes read. DEEPKERN_BN_BLOCK_KB overrides the budget (benchmarks).
+static int64_t bn_block(const BatchNormParams& p, int arrays) {
+  static const int64_t override_kb = [] {
+    const char* e = std::getenv("DEEPKERN_BN_BLOCK_KB");
+    return e ? std::atoll(e) : int64_t(0);
+  }();
+  const int64_t budget = override_kb > 0 ? override_kb * 1024 : std::max<int64_t>(cpu_info().l2, 256 * 1024) / 4;
+  const int64_t per_channel = p.N * p.HW * static_cast<int64_t>(sizeof(float)) * arrays;
+  return std::max<int64_t>(1, budget / std::max<int64_t>(per_channel, 1));
+}
+
+// f(c, off, ...) for each run of the channel block [b0, b1), in memory order.
 template <class F>
-static void by_channel_ranges(const BatchNormParams& p, const F& f) {
-  parallel_range(p.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t n = 0; n < p.N; ++n)
-      for (int64_t c = c0; c < c1; ++c) f(n, c, (n * p.C + c) * p.HW);
-  });
+static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, const F& f) {
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t c = b0; c < b1; ++c) f(c, (n * p.C + c) * p.HW);
 }
 
-// s1[c] = sum(x - K[c]), s2[c] = sum((x - K[c])^2) over the channel, in double.
-void batch_norm_stats_f32(const float* x, const BatchNormParams& p, const double* K, double* s1,
-                          double* s2) {
-  std::fill(s1, s1 + p.C, 0.0);
-  std::fill(s2, s2 + p.C, 0.0);
-  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
-    const float* __restrict xc = x + off;
-    const double k = K[c];
-    double a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t i = 0; i < p.HW; ++i) {
-      const double d = static_cast<double>(xc[i]) - k;
-      a += d;
-      b += d * d;
+// Per-element cost on one core of the two passes (in cache), for the threading threshold.
+constexpr double kBnNsPerElement = 0.1;
+
+// f(off, mask, full) over the vectors of a run of HW floats starting at off
+template <class F>
+static inline void run_vectors(int64_t off, int64_t HW, const F& f) {
+  int64_t i = 0;
+  for (; i + L <= HW; i += L) f(off + i, S::mask(0xFFFFFFFFu), true);
+  if (i < HW) f(off + i, S::mask(low_bits(HW - i)), false);
+}
+
+void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, const float* K,
+                          BnChannelStep step) {
+  const int64_t C = p.C, N = p.N, HW = p.HW;
+  if (HW == 1) {  // (N, C): vectors of channels
+    parallel_work((C + L - 1) / L, kBnNsPerElement * static_cast<double>(N * L), [&](int64_t v0, int64_t v1) {
+      const float* __restrict x = x_;
+      float* __restrict y = y_;
+      alignas(64) float coef[3][L];
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t c0 = v * L, nc = std::min<int64_t>(L, C - c0);
+        const S::M m = S::mask(low_bits(nc));
+        const V k = S::loadm(K + c0, m);
+        LaneSums s;
+        for (int64_t n = 0; n < N; ++n) {
+          const V d = S::sub(S::loadm(x + n * C + c0, m), k);
+          s.add(d, S::mul(d, d), 1);
+        }
+        s.fold();
+        for (int64_t i = 0; i < nc; ++i) {
+          float out[3];
+          step.fn(step.ctx, c0 + i, s.da[i], s.db[i], out);
+          for (int q = 0; q < 3; ++q) coef[q][i] = out[q];
+        }
+        const V mean = S::loadm(coef[0], m), scale = S::loadm(coef[1], m), shift = S::loadm(coef[2], m);
+        for (int64_t n = 0; n < N; ++n)
+          S::storem(y + n * C + c0, m, S::fma(S::sub(S::loadm(x + n * C + c0, m), mean), scale, shift));
+      }
+    });
+    return;
+  }
+  const int64_t cb = bn_block(p, 1);
+  parallel_work(C, kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
+    const float* __restrict x = x_;
+    float* __restrict y = y_;
+    const int64_t nb = std::min(cb, c1 - c0);
+    Vec<LaneSums> sums(nb);
+    Vec<float> coef(3 * nb);
+    for (int64_t b0 = c0; b0 < c1; b0 += cb) {
+      const int64_t b1 = std::min(c1, b0 + cb);
+      for (int64_t c = b0; c < b1; ++c) sums[c - b0] = LaneSums();
+      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+        const V k = S::set1(K[c]);
+        const float* xr = x + off;
+        auto d = [&](int64_t i, bool full) {
+          return full ? S::sub(S::load(xr + i * L), k)
+                      : S::select(S::mask(low_bits(HW - i * L)), S::sub(S::loadm(xr + i * L, S::mask(low_bits(HW - i * L))), k));
+        };
+        run_sums(sums[c - b0], HW, d, d);
+      });
+      for (int64_t c = b0; c < b1; ++c) {
+        double s1, s2;
+        sums[c - b0].totals(s1, s2);
+        step.fn(step.ctx, c, s1, s2, coef.data() + 3 * (c - b0));
+      }
+      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+        const float* cf = coef.data() + 3 * (c - b0);
+        const V mean = S::set1(cf[0]), scale = S::set1(cf[1]), shift = S::set1(cf[2]);
+        run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
+          if (full)
+            S::store(y + o, S::fma(S::sub(S::load(x + o), mean), scale, shift));
+          else
+            S::storem(y + o, m, S::fma(S::sub(S::loadm(x + o, m), mean), scale, shift));
+        });
+      });
     }
-    s1[c] += a;
-    s2[c] += b;
   });
 }
 
-// y = (x - mean[c]) * scale[c] + shift[c]
-void batch_norm_affine_f32(float* y, const float* x, const BatchNormParams& p, const float* mean,
+// y = (x - mean[c]) * scale[c] + shift[c] (the eval forward: statistics given)
+void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p, const float* mean,
                            const float* scale, const float* shift) {
-  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
-    const float* __restrict xc = x + off;
-    float* __restrict yc = y + off;
-    const float m = mean[c], sc = scale[c], sh = shift[c];
-#pragma omp simd
-    for (int64_t i = 0; i < p.HW; ++i) yc[i] = (xc[i] - m) * sc + sh;
+  const int64_t C = p.C, N = p.N;
+  if (p.HW == 1) {
+    parallel_work(N, 0.05 * static_cast<double>(C), [&](int64_t n0, int64_t n1) {
+      const float* __restrict x = x_;
+      float* __restrict y = y_;
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t c0 = 0; c0 < C; c0 += L) {
+          const S::M m = S::mask(low_bits(C - c0));
+          const V d = S::sub(S::loadm(x + n * C + c0, m), S::loadm(mean + c0, m));
+          S::storem(y + n * C + c0, m, S::fma(d, S::loadm(scale + c0, m), S::loadm(shift + c0, m)));
+        }
+    });
+    return;
+  }
+  parallel_work(C, 0.05 * static_cast<double>(N * p.HW), [&](int64_t c0, int64_t c1) {
+    const float* __restrict x = x_;
+    float* __restrict y = y_;
+    for (int64_t n = 0; n < N; ++n)  // memory order: one pass, nothing to keep in L2
+      for (int64_t c = c0; c < c1; ++c) {
+        const V m = S::set1(mean[c]), sc = S::set1(scale[c]), sh = S::set1(shift[c]);
+        const int64_t off = (n * C + c) * p.HW;
+        int64_t i = 0;
+        for (; i + L <= p.HW; i += L) S::store(y + off + i, S::fma(S::sub(S::load(x + off + i), m), sc, sh));
+        if (i < p.HW) {
+          const S::M t = S::mask(low_bits(p.HW - i));
+          S::storem(y + off + i, t, S::fma(S::sub(S::loadm(x + off + i, t), m), sc, sh));
+        }
+      }
   });
 }
 
-// sdy[c] = sum(dy), sdyx[c] = sum(dy * (x - mean[c])) over the channel, in double.
-void batch_norm_grad_sums_f32(const float* dy, const float* x, const BatchNormParams& p,
-                              const double* mean, double* sdy, double* sdyx) {
-  std::fill(sdy, sdy + p.C, 0.0);
-  std::fill(sdyx, sdyx + p.C, 0.0);
-  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
-    const float* __restrict xc = x + off;
-    const float* __restrict dyc = dy + off;
-    const double m = mean[c];
-    double a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t i = 0; i < p.HW; ++i) {
-      a += dyc[i];
-      b += static_cast<double>(dyc[i]) * (static_cast<double>(xc[i]) - m);
+// The backward pass: sums, step (coef = k, kx, k0), dx. eval: dx = k * dy (x only in the sums).
+void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, const BatchNormParams& p,
+                             const float* mean, bool eval, BnChannelStep step) {
+  const int64_t C = p.C, N = p.N, HW = p.HW;
+  if (HW == 1) {
+    parallel_work((C + L - 1) / L, 1.5 * kBnNsPerElement * static_cast<double>(N * L), [&](int64_t v0, int64_t v1) {
+      const float* __restrict x = x_;
+      const float* __restrict dy = dy_;
+      float* __restrict dx = dx_;
+      alignas(64) float coef[3][L];
+      for (int64_t v = v0; v < v1; ++v) {
+        const int64_t c0 = v * L, nc = std::min<int64_t>(L, C - c0);
+        const S::M m = S::mask(low_bits(nc));
+        const V mv = S::loadm(mean + c0, m);
+        LaneSums s;
+        for (int64_t n = 0; n < N; ++n) {
+          const V g = S::loadm(dy + n * C + c0, m);
+          s.add(g, S::mul(g, S::sub(S::loadm(x + n * C + c0, m), mv)), 1);
+        }
+        s.fold();
+        for (int64_t i = 0; i < nc; ++i) {
+          float out[3];
+          step.fn(step.ctx, c0 + i, s.da[i], s.db[i], out);
+          for (int q = 0; q < 3; ++q) coef[q][i] = out[q];
+        }
+        const V k = S::loadm(coef[0], m), kx = S::loadm(coef[1], m), k0 = S::loadm(coef[2], m);
+        for (int64_t n = 0; n < N; ++n) {
+          const V g = S::loadm(dy + n * C + c0, m);
+          const V r = eval ? S::mul(k, g) : S::fma(k, g, S::fma(kx, S::sub(S::loadm(x + n * C + c0, m), mv), k0));
+          S::storem(dx + n * C + c0, m, r);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t cb = bn_block(p, 2);
+  parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
+    const float* __restrict x = x_;
+    const float* __restrict dy = dy_;
+    float* __restrict dx = dx_;
+    const int64_t nb = std::min(cb, c1 - c0);
+    Vec<LaneSums> sums(nb);
+    Vec<float> coef(3 * nb);
+    for (int64_t b0 = c0; b0 < c1; b0 += cb) {
+      const int64_t b1 = std::min(c1, b0 + cb);
+      for (int64_t c = b0; c < b1; ++c) sums[c - b0] = LaneSums();
+      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+        const V mv = S::set1(mean[c]);
+        const float* xr = x + off;
+        const float* gr = dy + off;
+        // masked-off lanes: g = 0 and x - mean = 0
+        auto g = [&](int64_t i, bool full) {
+          return full ? S::load(gr + i * L) : S::loadm(gr + i * L, S::mask(low_bits(HW - i * L)));
+        };
+        auto xm = [&](int64_t i, bool full) {
+          if (full) return S::sub(S::load(xr + i * L), mv);
+          const S::M m = S::mask(low_bits(HW - i * L));
+          return S::select(m, S::sub(S::loadm(xr + i * L, m), mv));
+        };
+        run_sums(sums[c - b0], HW, g, xm);
+      });
+      for (int64_t c = b0; c < b1; ++c) {
+        double sdy, sdyx;
+        sums[c - b0].totals(sdy, sdyx);
+        step.fn(step.ctx, c, sdy, sdyx, coef.data() + 3 * (c - b0));
+      }
+      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+        const float* cf = coef.data() + 3 * (c - b0);
+        const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
+        run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
+          const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
+          V r;
+          if (eval)
+            r = S::mul(k, gv);
+          else
+            r = S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
+          if (full)
+            S::store(dx + o, r);
+          else
+            S::storem(dx + o, m, r);
+        });
+      });
     }
-    sdy[c] += a;
-    sdyx[c] += b;
-  });
-}
-
-// dx = k[c] * dy + kx[c] * (x - mean[c]) + k0[c]; x null (eval mode): dx = k[c] * dy
-void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x, const BatchNormParams& p,
-                               const float* mean, const float* k, const float* kx, const float* k0) {
-  by_channel_ranges(p, [&](int64_t, int64_t c, int64_t off) {
-    const float* __restrict dyc = dy + off;
-    float* __restrict dxc = dx + off;
-    const float a = k[c];
-    if (!x) {
-#pragma omp simd
-      for (int64_t i = 0; i < p.HW; ++i) dxc[i] = a * dyc[i];
-      return;
-    }
-    const float* __restrict xc = x + off;
-    const float m = mean[c], b = kx[c], z = k0[c];
-#pragma omp simd
-    for (int64_t i = 0; i < p.HW; ++i) dxc[i] = a * dyc[i] + b * (xc[i] - m) + z;
   });
 }
 

@@ -35,11 +35,19 @@ struct Allocator {
   Allocator() noexcept = default;
   template <class U>
   Allocator(const Allocator<U>&) noexcept {}
+  // (vector types and structs holding them are over-aligned: aligned new for those)
+  static constexpr bool kOver = alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
   T* allocate(size_t n) {
     if (n > size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    if constexpr (kOver) return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(alignof(T))));
     return static_cast<T*>(::operator new(n * sizeof(T)));
   }
-  void deallocate(T* p, size_t) noexcept { ::operator delete(p); }
+  void deallocate(T* p, size_t) noexcept {
+    if constexpr (kOver)
+      ::operator delete(p, std::align_val_t(alignof(T)));
+    else
+      ::operator delete(p);
+  }
   friend bool operator==(const Allocator&, const Allocator&) noexcept { return true; }
   friend bool operator!=(const Allocator&, const Allocator&) noexcept { return false; }
 };
@@ -71,6 +79,13 @@ struct Simd {
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  // acc[0..L) += the lanes of v, in double
+  static void add_to_double(double* acc, V v) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
+    _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), hi));
+  }
   // m ? v : 0, and y > 0 ? v : 0 (ordered: NaN in y gives 0)
   static V select(M m, V v) { return _mm512_maskz_mov_ps(m, v); }
   static V select_gt0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_GT_OQ), v); }
@@ -162,6 +177,9 @@ struct Simd {
   static V shift2(V lo, V hi, int r) {
     return _mm512_permutex2var_ps(lo, _mm512_add_epi32(iota_i32(), _mm512_set1_epi32(r)), hi);
   }
+  // lane j = (lo:hi)[idx[j]], idx[j] in [0, 2L)
+  static V permute2(V lo, I idx, V hi) { return _mm512_permutex2var_ps(lo, idx, hi); }
+  static I loadu_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
   // (lo, hi) = 2L consecutive floats -> their even and odd elements
   static void deinterleave(V lo, V hi, V& even, V& odd) {
     const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -228,6 +246,11 @@ struct Simd {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  static void add_to_double(double* acc, V v) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), lo));
+    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), hi));
   }
   static V select(M m, V v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
   static V select_gt0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_GT_OQ), v); }
@@ -308,6 +331,11 @@ struct Simd {
     for (int64_t i = 0; i < count && i < 8; ++i) p[i] = t[i];
   }
 
+  static V permute2(V lo, I idx, V hi) {  // lane j = (lo:hi)[idx[j]], idx[j] in [0, 16)
+    const __m256 from_hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), from_hi);
+  }
+  static I loadu_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static V shift2(V lo, V hi, int r) {  // lanes [r, r + 8) of lo:hi
     const __m256i t = _mm256_add_epi32(iota_i32(), _mm256_set1_epi32(r));
     const __m256i idx = _mm256_and_si256(t, _mm256_set1_epi32(7));
