@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
-from simd_isas import available_isas, isa
+from simd_isas import available_isas, isa, run_with_every_job_split
 from tolerances import tol
 
 
@@ -278,3 +278,38 @@ def test_large_outputs_reuse_mapped_memory():
     out = subprocess.run([sys.executable, "-c", LARGE_OUTPUT_PROBE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 16, f"{out.stdout.strip()} page faults per 16 MiB relu call"
+
+
+SPLIT_EVERYTHING = """
+import numpy as np, deepkern, deepkern.functional as F
+from deepkern import _C
+rng = np.random.default_rng(5)
+for isa in %(isas)r:
+    _C.set_isa(isa)
+    for shape in ((64, 16, 8, 8), (64, 32, 4, 4), (9, 5, 7, 6), (33, 20), (6, 10, 13, 17)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        C = shape[1]
+        w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+        res = []
+        for t in (1, 2, 3, 5):
+            deepkern.set_num_threads(t)
+            y, sm, si = F.batch_norm(x, w, b, None, None, True)
+            out = [y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True), F.relu(x), F.relu_backward(dy, x)]
+            out += list(F.dropout(x, 0.3, seed=4))
+            if len(shape) == 4 and shape[2] > 1:
+                yp, idx = F.max_pool2d(x, 2, 2)
+                out += [yp, idx, F.max_pool2d_backward(yp, idx, x.shape)]
+                out += [F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d_backward(dy, x.shape, 3, 1, 1)]
+            res.append(out)
+        for r in res[1:]:
+            for k, (a, e) in enumerate(zip(r, res[0])):
+                assert a.tobytes() == e.tobytes(), (isa, shape, k)
+print("ok")
+"""
+
+
+def test_thread_count_invariance_of_small_jobs():
+    """Small jobs run on one thread (csrc/cpu/threading.h); with DEEPKERN_PARALLEL_MIN_NS=0 they
+    are split like large ones, and the results must not change with the thread count."""
+    run_with_every_job_split(SPLIT_EVERYTHING)

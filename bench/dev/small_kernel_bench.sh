@@ -17,7 +17,7 @@ build() {  # build SRC FLAGS...: compile when the object is older than any sourc
     g++ $F "$@" -c "$src" -o "$obj"
   fi
 }
-for f in pool2d dropout activation batch_norm conv2d gemm; do build csrc/cpu/$f.cpp; done
+for f in pool2d dropout activation batch_norm conv2d gemm threading; do build csrc/cpu/$f.cpp; done
 build csrc/common/cpu_features.cpp
 for f in layers conv2d gemm; do build csrc/cpu/${f}_avx512.cpp $A512; build csrc/cpu/${f}_avx2.cpp $A2; done
 g++ $F bench/dev/small_kernel_bench.cpp "$O"/*.o -o "$O/small_kernel_bench"

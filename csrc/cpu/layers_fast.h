@@ -484,182 +484,139 @@ bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Average pooling, stride 1, as two separable box sums: hs[ih][ow] = the sum of row ih over
-// output column ow's window, then y[oh][ow] = (sum of hs over the window's rows) / divisor,
-// and the divisor is separable too: (rows counted) x (columns counted). One read of x, one
-// write of y per plane; the row sums of a plane stay in L1/L2. The backward pass is the
-// same with the ranges inverted (which outputs' windows contain input i).
+// Average pooling, stride 1, as separable box sums. The order of the additions is part of the
+// result, and it is the same in pool2d.cpp's loops and the CUDA kernels (cuda/pool2d.cu): a
+// window's sum is
+//     s = +0 + r_0 + r_1 + ...      r_i = +0 + x[i][0] + x[i][1] + ...
+// its rows top to bottom, each row's taps left to right, and y = s / divisor (one IEEE
+// division, as PyTorch and the reference; 0 where nothing is counted). So the row sums of an
+// input row serve all kh output rows whose windows hold it: kw + kh additions per output
+// instead of kh * kw (the previous row-major order forced the full 3x3 stencil: 27% of the
+// triad).
 //
-// Window of output o along an axis (stride 1): [o - pad, o - pad + k), clipped to the padded
-// input [-pad, n + pad) for the divisor when count_include_pad, to [0, n) for the sum.
-struct AxisWindows {
-  Vec<int64_t> lo, hi;  // taps inside the input: [lo, hi)
-  Vec<float> count;     // the divisor factor
-  Vec<int64_t> rlo, rhi;  // inverse: the outputs whose window holds input i
-};
+// Row pass: hs[c] = +0 + X[c - pad] + ... + X[c - pad + k - 1] with X the row, zero outside
+// [0, W) (adding a +0 changes no sum that started at +0). The shifted vectors X[c0 + s ..] are
+// built from the row's own vectors by one two-source permute each: no unaligned or masked
+// loads (but the row's last partial vector), no staging copy of the plane. Column pass: out
+// row = +0 + the kh row sums, kept in a ring of kh rows (L1).
+//
+// The backward pass is the same with the windows inverted: dx = the box sums of
+// g = dy / divisor (0 where nothing is counted) over the outputs whose windows hold each
+// input, rows and columns in ascending order, which for stride 1 is a box of the same size
+// with padding k - 1 - pad.
 
-static AxisWindows axis_windows(int64_t n, int64_t out, int64_t k, int64_t pad, bool include_pad) {
-  AxisWindows a;
-  a.lo.resize(out);
-  a.hi.resize(out);
-  a.count.resize(out);
-  for (int64_t o = 0; o < out; ++o) {
-    const int64_t st = o - pad, en = std::min(st + k, n + pad);
-    a.lo[o] = std::clamp<int64_t>(st, 0, n);
-    a.hi[o] = std::clamp<int64_t>(en, a.lo[o], n);
-    a.count[o] = static_cast<float>(include_pad ? en - st : a.hi[o] - a.lo[o]);
-  }
-  // lo and hi are non-decreasing in o, so the outputs holding input i are a contiguous range
-  a.rlo.assign(n, out);
-  a.rhi.assign(n, 0);
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = a.lo[o]; i < a.hi[o]; ++i) {
-      a.rlo[i] = std::min(a.rlo[i], o);
-      a.rhi[i] = o + 1;
-    }
-  for (int64_t i = 0; i < n; ++i) a.rhi[i] = std::max(a.rhi[i], a.rlo[i]);
-  return a;
+// Vector starting at element off (may be negative) of a row of n floats, zero outside [0, n).
+static inline V row_vector_at(const float* row, int64_t n, int64_t off) {
+  auto part = [&](int64_t k) {  // the row's k-th vector
+    const int64_t b = k * L;
+    if (k < 0 || b >= n) return S::zero();
+    return b + L <= n ? S::load(row + b) : S::loadm(row + b, S::mask(low_bits(n - b)));
+  };
+  const int64_t k = off >= 0 ? off / L : -((-off + L - 1) / L), r = off - k * L;
+  return r == 0 ? part(k) : S::shift2(part(k), part(k + 1), static_cast<int>(r));
 }
 
-// The box stencil both passes share: out[r][c] = sum_{i < kh, j < kw} P[r + i][c + j] for an
-// output plane of rows x cols, where P is a zero-bordered copy of the plane being summed
-// (row pitch pp), then divided by div_rows[r] * div_cols[c] when div_rows is given (0 where
-// that is 0). The sum starts at +0 and adds the taps in row-major order, and the quotient is
-// a division: the same bits as the scalar loops of pool2d.cpp (which the CUDA kernels match
-// too). The zero border only adds +0.0 terms, which never change a sum started at +0.
-//
-// Every load is a plain vector load from P: the masked loads a stencil on the plane itself
-// would need at the row edges run far slower on Zen 5 when an output store before them falls
-// at the same offset modulo 4 KB (which NumPy's page-aligned planes do).
-// KH, KW: the window known at compile time (3x3 and 2x2: fully unrolled), or 0 (any size).
-template <int KH, int KW>
-static void box_stencil_k(float* __restrict out, int64_t rows, int64_t cols, const float* P,
-                          int64_t pp, int64_t kh_, int64_t kw_, const float* div_rows,
-                          const float* div_cols) {
-  const int64_t kh = KH ? KH : kh_, kw = KW ? KW : kw_;
-  const int64_t nv = (cols + L - 1) / L;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t v = 0; v < nv; ++v) {
+// hs[c] for c in [0, nout): +0 + X[c - pad + j] for j < k (ascending), X = row[0, n)
+static void row_box_sums(float* __restrict hs, const float* row, int64_t n, int64_t nout, int64_t k,
+                         int64_t pad) {
+  for (int64_t c0 = 0; c0 < nout; c0 += L) {
+    V acc = S::zero();
+    for (int64_t j = 0; j < k; ++j) acc = S::add(acc, row_vector_at(row, n, c0 - pad + j));
+    S::store(hs + c0, acc);  // (the ring rows are padded to whole vectors)
+  }
+}
+
+// One plane of box sums: out[r][c] = (+0 + sum over input rows r - pad_h + i,
+// i < kh, inside [0, rows_in), of the row sums of those rows) / div[r][c] when div is given
+// (0 where div is 0). rowfn(i, buf) gives input row i
+// (its row sums are taken from what it returns). ring: kh rows of pitch `pitch` floats.
+template <class RowFn>
+static void box_plane(float* __restrict out, int64_t rows_out, int64_t cols_out, int64_t rows_in,
+                      int64_t cols_in, int64_t kh, int64_t kw, int64_t pad_h, int64_t pad_w,
+                      const float* div, float* ring, int64_t pitch, const RowFn& rowfn) {
+  int64_t have = 0;  // input rows [0, have) have their row sums in the ring (slot i % kh)
+  for (int64_t r = 0; r < rows_out; ++r) {
+    const int64_t i0 = std::max<int64_t>(0, r - pad_h), i1 = std::min(rows_in, r - pad_h + kh);
+    for (; have < i1; ++have) row_box_sums(ring + (have % kh) * pitch, rowfn(have), cols_in, cols_out, kw, pad_w);
+    const float* dr = div ? div + r * cols_out : nullptr;
+    for (int64_t c0 = 0; c0 < cols_out; c0 += L) {
       V acc = S::zero();
-#pragma GCC unroll 8
-      for (int64_t i = 0; i < kh; ++i) {
-        const float* src = P + (r + i) * pp + v * L;
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < kw; ++j) acc = S::add(acc, S::load(src + j));
-      }
-      if (div_rows) {
-        const V d = S::mul(S::set1(div_rows[r]), S::load(div_cols + v * L));
+      for (int64_t i = i0; i < i1; ++i) acc = S::add(acc, S::load(ring + (i % kh) * pitch + c0));
+      const bool full = c0 + L <= cols_out;
+      const S::M m = S::mask(low_bits(cols_out - c0));
+      if (dr) {
+        const V d = full ? S::load(dr + c0) : S::loadm(dr + c0, m);
         acc = S::select_gt0(d, S::div(acc, d));  // no tap counted: 0
       }
-      float* dst = out + r * cols + v * L;
-      if ((v + 1) * L <= cols)
-        S::store(dst, acc);
+      if (full)
+        S::store(out + r * cols_out + c0, acc);
       else
-        S::storem(dst, S::mask(low_bits(cols - v * L)), acc);
-    }
-}
-
-static void box_stencil(float* out, int64_t rows, int64_t cols, const float* P, int64_t pp,
-                        int64_t kh, int64_t kw, const float* div_rows, const float* div_cols) {
-  if (kh == 3 && kw == 3) return box_stencil_k<3, 3>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
-  if (kh == 2 && kw == 2) return box_stencil_k<2, 2>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
-  box_stencil_k<0, 0>(out, rows, cols, P, pp, kh, kw, div_rows, div_cols);
-}
-
-// A zero-bordered plane buffer: P[r][c] = src[r - r0][c - c0] inside, 0 elsewhere. The border
-// is zeroed once; put() rewrites only the interior.
-struct PaddedPlane {
-  Vec<float> buf;
-  int64_t pitch = 0, r0 = 0, c0 = 0;
-  PaddedPlane(int64_t rows, int64_t cols, int64_t r0_, int64_t c0_)
-      : buf(static_cast<size_t>(rows * ((cols + L - 1) / L * L + L))), pitch((cols + L - 1) / L * L + L),
-        r0(r0_), c0(c0_) {}
-  float* row(int64_t r) { return buf.data() + (r + r0) * pitch + c0; }
-  // row r <- src[0, n): vector copies (a memcpy call per short row costs more than the copy)
-  void put(int64_t r, const float* __restrict src, int64_t n) {
-    float* __restrict d = row(r);
-    int64_t c = 0;
-    for (; c + L <= n; c += L) S::store(d + c, S::load(src + c));
-    if (c < n) {
-      const S::M m = S::mask(low_bits(n - c));
-      S::storem(d + c, m, S::loadm(src + c, m));
+        S::storem(out + r * cols_out + c0, m, acc);
     }
   }
-};
-
-// Per thread: planes [q0, q1), each staged into a zero-bordered buffer by stage(B, q) and
-// summed by sum(B, q). Two buffers: plane q+1 is staged while plane q is summed, so the
-// stencil never reads (unaligned) data whose stores are still in flight.
-template <class Stage, class Sum>
-static void double_buffered(int64_t q0, int64_t q1, PaddedPlane (&B)[2], const Stage& stage,
-                            const Sum& sum) {
-  if (q0 >= q1) return;
-  stage(B[q0 & 1], q0);
-  for (int64_t q = q0; q < q1; ++q) {
-    if (q + 1 < q1) stage(B[(q + 1) & 1], q + 1);
-    sum(B[q & 1], q);
-  }
 }
+
+// div[oh][ow] = the divisor of output (oh, ow) as a float (0 where nothing is counted). The divisor of a stride-1 window is (rows counted) x (columns
+// counted), each clipped to the padded input when count_include_pad, to the input otherwise.
+static Vec<float> avg_divisor_table(const Pool2dParams& p) {
+  auto counts = [&](int64_t n, int64_t out, int64_t k, int64_t pad) {
+    Vec<int64_t> c(out);
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t st = o - pad, en = std::min(st + k, n + pad);
+      c[o] = p.count_include_pad ? en - st : std::max<int64_t>(0, std::min(en, n) - std::max<int64_t>(st, 0));
+    }
+    return c;
+  };
+  const Vec<int64_t> ch = counts(p.H, p.OH, p.kh, p.ph), cw = counts(p.W, p.OW, p.kw, p.pw);
+  Vec<float> div(p.OH * p.OW);
+  for (int64_t oh = 0; oh < p.OH; ++oh)
+    for (int64_t ow = 0; ow < p.OW; ++ow) div[oh * p.OW + ow] = static_cast<float>(ch[oh] * cw[ow]);
+  return div;
+}
+
+// Cost per output element on one core (~0.15 ns), for the threading threshold.
+constexpr double kAvgPoolNs = 0.15;
 
 bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
   if (p.sh != 1 || p.sw != 1) return false;
-  const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
-  const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
-  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;
-  Vec<float> cw((p.OW + L - 1) / L * L, 0.f);  // column factors of the divisors
-  std::copy(aw.count.begin(), aw.count.end(), cw.begin());
-  parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
-    // output (oh, ow) sums P rows oh.. oh+kh-1, columns ow.. ow+kw-1: x shifted by the padding
-    PaddedPlane B[2] = {PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw),
-                        PaddedPlane(p.OH + p.kh, p.OW + p.kw, p.ph, p.pw)};
-    double_buffered(
-        q0, q1, B,
-        [&](PaddedPlane& P, int64_t q) {
-          for (int64_t ih = 0; ih < p.H; ++ih) P.put(ih, x_ + q * HW + ih * p.W, p.W);
-        },
-        [&](const PaddedPlane& P, int64_t q) {
-          box_stencil(y_ + q * OHW, p.OH, p.OW, P.buf.data(), P.pitch, p.kh, p.kw, ah.count.data(), cw.data());
-        });
+  const Vec<float> div = avg_divisor_table(p);
+  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, pitch = (p.OW + L - 1) / L * L;
+  parallel_work(p.N * p.C, kAvgPoolNs * static_cast<double>(OHW), [&](int64_t q0, int64_t q1) {
+    Vec<float> ring(p.kh * pitch);
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* xp = x_ + q * HW;
+      box_plane(y_ + q * OHW, p.OH, p.OW, p.H, p.W, p.kh, p.kw, p.ph, p.pw, div.data(), ring.data(), pitch,
+                [&](int64_t i) { return xp + i * p.W; });
+    }
   });
   return true;
 }
 
-// dx[ih][iw] = sum over the outputs whose window holds (ih, iw) of g = dy / divisor. For
-// stride 1 those are oh in [ih + ph - kh + 1, ih + ph] (and likewise ow), so with g placed in
-// a zero-bordered plane at offset (kh - 1 - ph, kw - 1 - pw) it is the same box stencil; its
-// taps in row-major order are the windows in (oh, ow) order, the order in which the scalar
-// loop adds them: the same bits again.
 bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p) {
   if (p.sh != 1 || p.sw != 1 || p.ph >= p.kh || p.pw >= p.kw) return false;
-  const AxisWindows ah = axis_windows(p.H, p.OH, p.kh, p.ph, p.count_include_pad);
-  const AxisWindows aw = axis_windows(p.W, p.OW, p.kw, p.pw, p.count_include_pad);
+  const Vec<float> div = avg_divisor_table(p);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
-  Vec<float> cw((OW + L - 1) / L * L, 0.f);
-  std::copy(aw.count.begin(), aw.count.end(), cw.begin());
-  parallel_range(p.N * p.C, 1, [&](int64_t q0, int64_t q1) {
-    PaddedPlane B[2] = {PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw),
-                        PaddedPlane(p.H + p.kh, p.W + p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw)};
-    double_buffered(
-        q0, q1, B,
-        [&](PaddedPlane& G, int64_t q) {  // g = dy / divisor (0 where nothing counted)
-          for (int64_t oh = 0; oh < p.OH; ++oh) {
-            const float* d = dy_ + q * OHW + oh * OW;
-            float* g = G.row(oh);
-            for (int64_t v = 0; v < OW; v += L) {
-              const bool full = v + L <= OW;
-              const S::M m = S::mask(low_bits(OW - v));
-              const V dv = S::mul(S::set1(ah.count[oh]), S::load(cw.data() + v));
-              const V t = S::select_gt0(dv, S::div(full ? S::load(d + v) : S::loadm(d + v, m), dv));
-              if (full)
-                S::store(g + v, t);
-              else
-                S::storem(g + v, m, t);
-            }
-          }
-        },
-        [&](const PaddedPlane& G, int64_t q) {
-          box_stencil(dx_ + q * HW, p.H, p.W, G.buf.data(), G.pitch, p.kh, p.kw, nullptr, nullptr);
-        });
+  const int64_t pitch = (p.W + L - 1) / L * L, gpitch = (OW + L - 1) / L * L;
+  parallel_work(p.N * p.C, kAvgPoolNs * static_cast<double>(HW), [&](int64_t q0, int64_t q1) {
+    Vec<float> ring(p.kh * pitch), grow(gpitch);
+    for (int64_t q = q0; q < q1; ++q) {
+      const float* dyp = dy_ + q * OHW;
+      // row oh of g = dy / divisor, 0 where nothing is counted
+      auto grad_row = [&](int64_t oh) {
+        const float* d = dyp + oh * OW;
+        const float* dr = div.data() + oh * OW;
+        for (int64_t c0 = 0; c0 < OW; c0 += L) {
+          const bool full = c0 + L <= OW;
+          const S::M m = S::mask(low_bits(OW - c0));
+          const V dv = full ? S::load(dr + c0) : S::loadm(dr + c0, m);
+          const V g = S::select_gt0(dv, S::div(full ? S::load(d + c0) : S::loadm(d + c0, m), dv));
+          S::store(grow.data() + c0, g);
+        }
+        return static_cast<const float*>(grow.data());
+      };
+      box_plane(dx_ + q * HW, p.H, p.W, p.OH, OW, p.kh, p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw, nullptr,
+                ring.data(), pitch, grad_row);
+    }
   });
   return true;
 }
@@ -783,9 +740,26 @@ static int64_t bn_block(const BatchNormParams& p, int arrays) {
 
 // f(c, off, ...) for each run of the channel block [b0, b1), in memory order.
 template <class F>
-static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, const F& f) {
+static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, const float* r0,
+                              const float* r1, float* w, const F& f) {
+  // the block's runs are C*HW apart: far enough for the hardware prefetchers to lose the
+  // stream at every run (measured: 22 GB/s on one core). Each run asks for the same run
+  // kAhead samples later: its inputs (r0, r1) to L1, its output (w) with write intent.
+  constexpr int64_t kAhead = 2;
+  const bool pf = p.HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t c = b0; c < b1; ++c) f(c, (n * p.C + c) * p.HW);
+    for (int64_t c = b0; c < b1; ++c) {
+      const int64_t off = (n * p.C + c) * p.HW;
+      if (pf && n + kAhead < p.N) {
+        const int64_t ahead = off + kAhead * p.C * p.HW;
+        for (int64_t i = 0; i < p.HW; i += 16) {
+          if (r0) _mm_prefetch(reinterpret_cast<const char*>(r0 + ahead + i), _MM_HINT_T0);
+          if (r1) _mm_prefetch(reinterpret_cast<const char*>(r1 + ahead + i), _MM_HINT_T0);
+          if (w) __builtin_prefetch(w + ahead + i, 1, 3);
+        }
+      }
+      f(c, off);
+    }
 }
 
 // Per-element cost on one core of the two passes (in cache), for the threading threshold.
@@ -839,7 +813,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
     for (int64_t b0 = c0; b0 < c1; b0 += cb) {
       const int64_t b1 = std::min(c1, b0 + cb);
       for (int64_t c = b0; c < b1; ++c) sums[c - b0] = LaneSums();
-      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, x, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const V k = S::set1(K[c]);
         const float* xr = x + off;
         auto d = [&](int64_t i, bool full) {
@@ -853,7 +827,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
         sums[c - b0].totals(s1, s2);
         step.fn(step.ctx, c, s1, s2, coef.data() + 3 * (c - b0));
       }
-      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, nullptr, nullptr, y, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mean = S::set1(cf[0]), scale = S::set1(cf[1]), shift = S::set1(cf[2]);
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
@@ -947,7 +921,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
     for (int64_t b0 = c0; b0 < c1; b0 += cb) {
       const int64_t b1 = std::min(c1, b0 + cb);
       for (int64_t c = b0; c < b1; ++c) sums[c - b0] = LaneSums();
-      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, x, dy, nullptr, [&](int64_t c, int64_t off) {
         const V mv = S::set1(mean[c]);
         const float* xr = x + off;
         const float* gr = dy + off;
@@ -967,7 +941,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         sums[c - b0].totals(sdy, sdyx);
         step.fn(step.ctx, c, sdy, sdyx, coef.data() + 3 * (c - b0));
       }
-      block_runs(p, b0, b1, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, nullptr, nullptr, dx, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {

@@ -14,8 +14,9 @@
 // ops never risk waiting for a busy core. Each kernel estimates its cost per item on one core
 // (a constant measured for it, written next to its call) and asks min_items_per_thread.
 //
-// Everything here has internal linkage: the header is included by baseline and -mavx2 /
-// -mavx512f files alike, and nothing may be shared between them (.ci/check_isa_symbols.sh).
+// The inline helpers have internal linkage: the header is included by baseline and -mavx2 /
+// -mavx512f files alike, and nothing inline may be shared between them
+// (.ci/check_isa_symbols.sh); parallel_min_ns is defined once, in threading.cpp.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -23,14 +24,18 @@
 #include "common/parallel.h"
 
 namespace dk::cpu {
-namespace {
 
 constexpr double kMinNsPerThread = 10000.0;
 
-// Items per thread such that a thread's share costs at least kMinNsPerThread, for items
+// kMinNsPerThread, or DEEPKERN_PARALLEL_MIN_NS when set (tests: 0 splits every job).
+double parallel_min_ns();
+
+namespace {
+
+// Items per thread such that a thread's share costs at least parallel_min_ns(), for items
 // costing ns_per_item each on one core (at least 1).
-constexpr int64_t min_items_per_thread(double ns_per_item) {
-  const double n = kMinNsPerThread / (ns_per_item > 0 ? ns_per_item : 1e-9);
+inline int64_t min_items_per_thread(double ns_per_item) {
+  const double n = parallel_min_ns() / (ns_per_item > 0 ? ns_per_item : 1e-9);
   return n >= 9.0e18 ? int64_t(9e18) : std::max<int64_t>(1, static_cast<int64_t>(n));
 }
 
