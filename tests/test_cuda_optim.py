@@ -446,3 +446,106 @@ def test_device_helpers_without_cuda(monkeypatch):
     assert NA.to_device(np.ones(3, F32), "cpu").dtype == F32
     with pytest.raises(ValueError, match="device"):
         NA.to_device(np.ones(3, F32), "tpu")
+
+
+# ============================================================ the compiled bindings (CUDA build only)
+# The real _cuda bindings on host memory (test_cuda_arrays.HostArray): every argument must get
+# through the binding's checks to its device check; bad ones must be refused before it.
+
+from test_cuda_arrays import HostArray, fake_cupy_backend  # noqa: E402,F401  (fixture)
+
+
+def _h(*shape, fill=1.0, dtype=F32):
+    return HostArray(np.full(shape, fill, dtype))
+
+
+def _adam_rows(n, amsgrad=False):
+    return _kernel.rows_to_matrix("adam", [dict(grad_scale=1.0, step_size=1e-3, bias_correction2_sqrt=0.1,
+                                                param_scale=1.0, beta1=0.9, one_minus_beta1=0.1, beta2=0.999,
+                                                one_minus_beta2=1e-3, eps=1e-8, amsgrad=amsgrad)] * n)
+
+
+def test_bindings_pass_every_check(fake_cupy_backend):
+    from deepkern import _cuda_backend as B
+    ps = [_h(3), _h(40, 2), _h(0)]
+    grads = [_h(3), _h(40, 2), _h(0)]
+    states = [[_h(3), _h(3), None], [_h(40, 2), _h(40, 2), None], [_h(0), _h(0), None]]
+    emas = [_h(3), None, _h(0)]
+    B.optim_step(_kernel.KINDS["adam"], ps, grads, states, emas, _adam_rows(3))
+    B.ema_update([_h(5)], [_h(5)], 0.9)
+    B.multi_scale([_h(5), _h(7)], 0.5)
+    B.multi_copy([_h(5)], [_h(5)])
+    fake_cupy_backend.multi_norm_reduce([_h(5), _h(2, 2)], 2.0, 0)  # (B's float() of the probe's None)
+    assert fake_cupy_backend.calls == ["optim_step", "ema_update", "multi_scale", "multi_copy", "multi_norm_reduce"]
+
+
+def test_bindings_refuse_bad_arguments_before_the_device(fake_cupy_backend):
+    cu = fake_cupy_backend.real
+    adam = _kernel.KINDS["adam"]
+    p, g = _h(4), _h(4)
+    with pytest.raises(ValueError, match=r"states\[0\]\[2\] is required"):
+        cu.optim_step(adam, [p], [g], [[_h(4), _h(4), None]], None, _adam_rows(1, amsgrad=True), 0)
+    with pytest.raises(ValueError, match=r"grads\[0\] has 5 elements, expected 4"):
+        cu.optim_step(adam, [p], [_h(5)], [[_h(4), _h(4), None]], None, _adam_rows(1), 0)
+    with pytest.raises(ValueError, match="hyper must have shape"):
+        cu.optim_step(adam, [p], [g], [[_h(4), _h(4), None]], None, _adam_rows(2), 0)
+    with pytest.raises(TypeError, match="float32 on the cuda backend, got float64"):
+        cu.optim_step(adam, [_h(4, dtype=np.float64)], [g], [[_h(4), _h(4), None]], None, _adam_rows(1), 0)
+    with pytest.raises(ValueError, match="shares memory"):
+        cu.optim_step(adam, [p], [g], [[p, _h(4), None]], None, _adam_rows(1), 0)
+    with pytest.raises(ValueError, match="shares memory"):
+        cu.multi_copy([p], [p], 0)
+    with pytest.raises(TypeError, match="list of CUDA arrays"):
+        cu.multi_scale((p,), 2.0, 0)
+    with pytest.raises(ValueError, match="unknown optimizer kind"):
+        cu.optim_step(99, [p], [g], [[None] * 3], None, _adam_rows(1), 0)
+
+
+# ============================================================ on a GPU (CuPy)
+
+def _gpu_cupy():
+    if "cuda" not in deepkern.backends():
+        from deepkern._backend import cuda_unavailable_reason
+        pytest.skip(f"no usable cuda backend: {cuda_unavailable_reason()}")
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # ImportError, or a CuPy built for another CUDA
+        pytest.skip(f"CuPy is not usable here: {e!r}")
+    return cupy
+
+
+@pytest.mark.parametrize("name, cfg", ALL, ids=CASE_IDS)
+def test_gpu_step_matches_cpu(name, cfg):
+    cp = _gpu_cupy()
+    ref_params = _params(CUDA_SHAPES)
+    params = [Parameter(cp.asarray(p.data)) for p in ref_params]
+    ref, opt = make(name, ref_params, **cfg), make(name, params, **cfg)
+    for grads in grad_stream(1, CUDA_SHAPES, F32, 4):
+        for p, q, g in zip(ref_params, params, grads):
+            p.grad, q.grad = g.copy(), cp.asarray(g)
+        ref.step()
+        opt.step()
+        for p, q in zip(ref_params, params):
+            assert_same(cp.asnumpy(q.data), p.data, name)
+
+
+def test_gpu_fused_step_norm_and_ema():
+    cp = _gpu_cupy()
+    shapes = [(s,) for s in (1, 7, CHUNK + 3, 100_000)] + [(1,)] * 50  # two launch tables
+    ref = _params(shapes)
+    dev = [Parameter(cp.asarray(p.data)) for p in ref]
+    ref_opt, opt = optim.AdamW(ref, lr=1e-2), optim.AdamW(dev, lr=1e-2)
+    ref_ema, ema = optim.EMA(ref, 0.99), optim.EMA(dev, 0.99)
+    for grads in grad_stream(3, shapes, F32, 3):
+        for p, q, g in zip(ref, dev, grads):
+            p.grad, q.grad = g.copy(), cp.asarray(g)
+        t_ref = optim.fused_step(ref_opt, max_norm=1.0, ema=ref_ema)
+        t = optim.fused_step(opt, max_norm=1.0, ema=ema)
+        assert t == pytest.approx(t_ref, rel=1e-12)
+        assert optim.fused_step.__module__  # (the total came back as a float)
+        assert total_norm([q.grad for q in dev]) == total_norm([q.grad for q in dev])  # deterministic
+    for p, q in zip(ref, dev):
+        np.testing.assert_allclose(cp.asnumpy(q.data), p.data, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ema.shadow, ref_ema.shadow):
+        np.testing.assert_allclose(cp.asnumpy(a), b, rtol=1e-6, atol=1e-7)

@@ -312,9 +312,10 @@ def install(monkeypatch):
     cuda = _make_cuda()
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "deepkern._cuda", cuda)
+    monkeypatch.setattr(deepkern, "_cuda", cuda, raising=False)  # before: `from . import _cuda` reads it
     monkeypatch.delitem(sys.modules, "deepkern._cuda_backend", raising=False)
+    monkeypatch.delattr(deepkern, "_cuda_backend", raising=False)  # (the import below sets it)
     backend = importlib.import_module("deepkern._cuda_backend")
     monkeypatch.setattr(deepkern, "_cuda_backend", backend, raising=False)
-    monkeypatch.setattr(deepkern, "_cuda", cuda, raising=False)
     monkeypatch.setattr(_backend, "_cuda_state", {"module": backend, "reason": None})
     return cupy, backend, emulator()
