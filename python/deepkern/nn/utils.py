@@ -69,7 +69,7 @@ def total_norm(grads, norm_type=2.0) -> float:
         return reference_total_norm([g for g in grads if g.size], p)
     by_dtype: dict = {}
     for g in grads:
-        if int(g.size):
+        if math.prod(g.shape):  # (a torch tensor's .size is a method)
             key = A.device_key(g) if cuda else g.dtype
             by_dtype.setdefault(key, []).append(A.contiguous(g))
     if not by_dtype:
