@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
-import zipfile
+import os
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def _decode(obj, arrays):
             return tuple(_decode(v, arrays) for v in obj["__tuple__"])
         if "__list__" in obj:
             return [_decode(v, arrays) for v in obj["__list__"]]
-        raise ValueError("load_state: malformed file (unknown node)")
+        raise ValueError("unknown node in the metadata")
     return obj
 
 
@@ -66,25 +66,38 @@ def save_state(state_dict, file) -> None:
 
 
 def load_state(file):
-    """Read a state dict written by save_state. A file that is not one (truncated, not a zip,
-    missing entries) is a ValueError."""
-    meta = None
+    """Read a state dict written by save_state. A file that is not one (truncated, damaged, not
+    a zip, missing entries, hostile metadata) is a ValueError; the file is always closed."""
+    if isinstance(file, (str, os.PathLike)):
+        try:
+            with open(file, "rb") as f:
+                return _load(f, file)
+        except OSError as e:
+            raise ValueError(f"load_state: cannot read {file!r}: {e}") from None
+    return _load(file, file)
+
+
+def _load(f, name):
+    # Anything NumPy or zipfile raises on a damaged file (BadZipFile, EOFError, zlib.error,
+    # NotImplementedError for an unknown zip version, MemoryError for a forged header...) means
+    # "not a readable state file": one ValueError for all of them.
     try:
-        z = np.load(file, allow_pickle=False)
-        if hasattr(z, "files"):  # an .npz (a bare .npy loads as an array)
-            with z:
-                arrays = {k: z[k] for k in z.files if k != _META}
-                if _META in z.files:
-                    meta = str(z[_META])
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
-        raise ValueError(f"load_state: cannot read {file!r}: {e}") from None
-    if meta is None:
-        raise ValueError(f"load_state: {file!r} is not a deepkern state file (no {_META} entry)")
+        z = np.load(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 (see above)
+        raise ValueError(f"load_state: cannot read {name!r}: {type(e).__name__}: {e}") from None
+    if not hasattr(z, "files"):  # a bare .npy loads as an array
+        raise ValueError(f"load_state: {name!r} is not a deepkern state file (not an .npz)")
     try:
-        tree = json.loads(meta)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"load_state: malformed file {file!r}: {e}") from None
+        with z:
+            if _META not in z.files:
+                raise ValueError(f"load_state: {name!r} is not a deepkern state file (no {_META} entry)")
+            meta = str(z[_META])
+            arrays = {k: z[k] for k in z.files if k != _META}
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"load_state: cannot read {name!r}: {type(e).__name__}: {e}") from None
     try:
-        return _decode(tree, arrays)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"load_state: malformed file {file!r}: {e}") from None
+        return _decode(json.loads(meta), arrays)
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"load_state: malformed file {name!r}: {type(e).__name__}: {e}") from None
