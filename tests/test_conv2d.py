@@ -155,3 +155,16 @@ def test_inputs_are_not_modified(rng):
     with assert_unchanged(x, w, b):
         y = F.conv2d(x, w, b, padding=1)
         F.conv2d_backward(y, x, w, padding=1)
+
+
+@pytest.mark.parametrize("N", [0, 1])
+def test_huge_stride_needs_no_stride_sized_memory(N):
+    """Regression (deep fuzz, OOM-killed CI): the phase split kept a table with one entry per
+    stride phase, 2**31 entries for this legal stride."""
+    x = np.ones((N, 2, 3, 3), np.float32)
+    w = np.ones((2, 2, 1, 1), np.float32)
+    y = F.conv2d(x, w, stride=(1, 2**31 - 1))
+    assert y.shape == (N, 2, 3, 1)
+    assert np.array_equal(y, R.conv2d(x, w, stride=(1, 2**31 - 1)))
+    gx, gw, _ = F.conv2d_backward(y, x, w, stride=(1, 2**31 - 1))
+    assert gx.shape == x.shape and gw.shape == w.shape
