@@ -182,6 +182,31 @@ def test_avg_pool_stride_1(isa_name, c, seed):
         assert_bitwise(gx, F.avg_pool2d_backward(dy, x.shape, **kw), "grad_x vs the portable loops")
 
 
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("W", [1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65])
+def test_avg_pool_3x3_pad_1_register_planes(isa_name, W):
+    """The 3x3 / stride 1 / padding 1 window on planes up to 4 vectors wide (whole planes in
+    registers, layers_fast.h box3_plane): every width class around the vector widths, 1-row and
+    3-row planes, both divisor rules, -0.0 / inf / NaN inputs; bitwise the portable loops."""
+    rng = np.random.default_rng(W)
+    for H in (1, 3, 6):
+        x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = [-0.0, np.inf, np.nan]
+        for cip in (True, False):
+            kw = dict(kernel_size=3, stride=1, padding=1, count_include_pad=cip)
+            with isa(isa_name):
+                y = F.avg_pool2d(x, **kw)
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+                dy.reshape(-1)[rng.integers(0, dy.size, 2)] = [-0.0, np.inf]
+                gx = F.avg_pool2d_backward(dy, x.shape, **kw)
+            with isa("scalar"):
+                assert_bitwise(y, F.avg_pool2d(x, **kw), f"y H={H} cip={cip}")
+                assert_bitwise(gx, F.avg_pool2d_backward(dy, x.shape, **kw), f"grad_x H={H} cip={cip}")
+            finite = np.isfinite(x).all(axis=(2, 3), keepdims=True)
+            t = tol("avg_pool2d", np.float32)
+            assert_close(np.where(finite, y, 0), np.where(finite, R.avg_pool2d(f64(x), **kw), 0), *t, what="y")
+
+
 # ---------------------------------------------------------------------------------- batch norm
 
 @pytest.mark.parametrize("isa_name", ISAS)

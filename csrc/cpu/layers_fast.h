@@ -505,43 +505,80 @@ bool max_pool2d_backward_f32(float* dx_, const float* dy_, const int64_t* idx_, 
 // input, rows and columns in ascending order, which for stride 1 is a box of the same size
 // with padding k - 1 - pad.
 
-// Vector starting at element off (may be negative) of a row of n floats, zero outside [0, n).
-static inline V row_vector_at(const float* row, int64_t n, int64_t off) {
-  auto part = [&](int64_t k) {  // the row's k-th vector
-    const int64_t b = k * L;
-    if (k < 0 || b >= n) return S::zero();
-    return b + L <= n ? S::load(row + b) : S::loadm(row + b, S::mask(low_bits(n - b)));
-  };
-  const int64_t k = off >= 0 ? off / L : -((-off + L - 1) / L), r = off - k * L;
-  return r == 0 ? part(k) : S::shift2(part(k), part(k + 1), static_cast<int>(r));
+// The k-th vector of a row of n floats (elements [k*L, k*L + L)), zero outside [0, n).
+static inline V row_part(const float* row, int64_t n, int64_t k) {
+  const int64_t b = k * L;
+  if (k < 0 || b >= n) return S::zero();
+  return b + L <= n ? S::load(row + b) : S::loadm(row + b, S::mask(low_bits(n - b)));
 }
 
-// hs[c] for c in [0, nout): +0 + X[c - pad + j] for j < k (ascending), X = row[0, n)
-static void row_box_sums(float* __restrict hs, const float* row, int64_t n, int64_t nout, int64_t k,
-                         int64_t pad) {
-  for (int64_t c0 = 0; c0 < nout; c0 += L) {
-    V acc = S::zero();
-    for (int64_t j = 0; j < k; ++j) acc = S::add(acc, row_vector_at(row, n, c0 - pad + j));
-    S::store(hs + c0, acc);  // (the ring rows are padded to whole vectors)
+// Vector starting at element off (may be negative) of a row of n floats, zero outside [0, n).
+static inline V row_vector_at(const float* row, int64_t n, int64_t off) {
+  const int64_t k = off >= 0 ? off / L : -((-off + L - 1) / L), r = off - k * L;
+  return r == 0 ? row_part(row, n, k) : S::shift2(row_part(row, n, k), row_part(row, n, k + 1), static_cast<int>(r));
+}
+
+// hs[c] for c in [0, nout): +0 + X[c - pad + j] for j < k (ascending), X = row[0, n).
+// When every tap lies within one vector of c (pad < L, k - 1 - pad < L: any usual window), the
+// row is walked with three vectors (previous, current, next), each loaded once, and each tap
+// is one permute of two of them. K: the window width at compile time (3: unrolled), or 0.
+template <int K>
+static void row_box_sums_k(float* __restrict hs, const float* row, int64_t n, int64_t nout, int64_t k_,
+                           int64_t pad) {
+  const int64_t k = K ? K : k_;
+  if (pad >= L || k - 1 - pad >= L) {  // wide windows: each tap gathered on its own
+    for (int64_t c0 = 0; c0 < nout; c0 += L) {
+      V acc = S::zero();
+      for (int64_t j = 0; j < k; ++j) acc = S::add(acc, row_vector_at(row, n, c0 - pad + j));
+      S::store(hs + c0, acc);  // (the ring rows are padded to whole vectors)
+    }
+    return;
   }
+  V prev = S::zero(), cur = row_part(row, n, 0);
+  for (int64_t c0 = 0, v = 0; c0 < nout; c0 += L, ++v) {
+    const V next = row_part(row, n, v + 1);
+    V acc = S::zero();
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t t = j - pad;  // the tap's offset from c0, in (-L, L)
+      acc = S::add(acc, t < 0 ? S::shift2(prev, cur, static_cast<int>(L + t)) : t == 0 ? cur : S::shift2(cur, next, static_cast<int>(t)));
+    }
+    S::store(hs + c0, acc);
+    prev = cur;
+    cur = next;
+  }
+}
+
+static void row_box_sums(float* hs, const float* row, int64_t n, int64_t nout, int64_t k, int64_t pad) {
+  if (k == 3) return row_box_sums_k<3>(hs, row, n, nout, k, pad);
+  row_box_sums_k<0>(hs, row, n, nout, k, pad);
 }
 
 // One plane of box sums: out[r][c] = (+0 + sum over input rows r - pad_h + i,
 // i < kh, inside [0, rows_in), of the row sums of those rows) / div[r][c] when div is given
-// (0 where div is 0). rowfn(i, buf) gives input row i
-// (its row sums are taken from what it returns). ring: kh rows of pitch `pitch` floats.
+// (0 where div is 0). rowfn(i) gives input row i. ring: kh rows of pitch `pitch` floats (input
+// row i's sums in row i % kh), slots: kh pointers of scratch.
 template <class RowFn>
 static void box_plane(float* __restrict out, int64_t rows_out, int64_t cols_out, int64_t rows_in,
                       int64_t cols_in, int64_t kh, int64_t kw, int64_t pad_h, int64_t pad_w,
-                      const float* div, float* ring, int64_t pitch, const RowFn& rowfn) {
-  int64_t have = 0;  // input rows [0, have) have their row sums in the ring (slot i % kh)
+                      const float* div, float* ring, int64_t pitch, const float** slots, const RowFn& rowfn) {
+  int64_t have = 0, have_slot = 0;  // input rows [0, have) have their row sums in the ring
   for (int64_t r = 0; r < rows_out; ++r) {
     const int64_t i0 = std::max<int64_t>(0, r - pad_h), i1 = std::min(rows_in, r - pad_h + kh);
-    for (; have < i1; ++have) row_box_sums(ring + (have % kh) * pitch, rowfn(have), cols_in, cols_out, kw, pad_w);
+    for (; have < i1; ++have) {
+      row_box_sums(ring + have_slot * pitch, rowfn(have), cols_in, cols_out, kw, pad_w);
+      if (++have_slot == kh) have_slot = 0;
+    }
+    // the window's rows, top to bottom (one modulo per output row, none per vector)
+    const int64_t nr = std::max<int64_t>(0, i1 - i0);
+    for (int64_t i = 0, sl = nr ? i0 % kh : 0; i < nr; ++i) {
+      slots[i] = ring + sl * pitch;
+      if (++sl == kh) sl = 0;
+    }
     const float* dr = div ? div + r * cols_out : nullptr;
     for (int64_t c0 = 0; c0 < cols_out; c0 += L) {
       V acc = S::zero();
-      for (int64_t i = i0; i < i1; ++i) acc = S::add(acc, S::load(ring + (i % kh) * pitch + c0));
+      for (int64_t i = 0; i < nr; ++i) acc = S::add(acc, S::load(slots[i] + c0));
       const bool full = c0 + L <= cols_out;
       const S::M m = S::mask(low_bits(cols_out - c0));
       if (dr) {
@@ -574,6 +611,78 @@ static Vec<float> avg_divisor_table(const Pool2dParams& p) {
   return div;
 }
 
+// The 3x3 window, stride 1, padding 1 (output size = input size), on planes at most 4 vectors
+// wide (W <= 4L: 32x32 and smaller on AVX-512): the per-row calls and loops of box_plane cost
+// more than the arithmetic there (1.8 ms for a 64x64x32x32 batch on one core, 3x a copy). Here
+// a plane is one loop over its rows with everything in registers: the row sums of the last
+// three input rows (h0, h1, h2: NV vectors each), each input row loaded once and its two
+// shifted copies made by permutes. The same additions in the same order as box_plane:
+//   h = +0 + X[c-1] + X[c] + X[c+1]     out[r] = (+0 + h[r-1] + h[r] + h[r+1]) / div[r]
+// (taps outside the plane are +0: the same bits). PRE (the backward pass): each input vector
+// is divided by its divisor first (g = dy / divisor) and the sums are not divided.
+template <int NV, bool PRE>
+static void box3_plane(float* __restrict out, const float* __restrict in, int64_t H, int64_t W,
+                       const float* __restrict div) {
+  const S::M tail = S::mask(low_bits(W - (NV - 1) * L));  // lanes of the last vector
+  const bool whole = W == NV * L;  // (plain loads and stores: masked ones are slower on Zen)
+  auto load = [&](const float* p, int j) {
+    return j < NV - 1 || whole ? S::load(p + j * L) : S::loadm(p + j * L, tail);
+  };
+  auto divide = [&](V v, V d) { return S::select_gt0(d, S::div(v, d)); };  // no tap counted: 0
+  V h0[NV], h1[NV], h2[NV];
+  for (int j = 0; j < NV; ++j) h0[j] = h1[j] = S::zero();
+  for (int64_t i = 0; i <= H; ++i) {  // input row i (i == H: below the plane), output row i - 1
+    if (i < H) {
+      V x[NV];
+      for (int j = 0; j < NV; ++j) {
+        x[j] = load(in + i * W, j);
+        if (PRE) x[j] = divide(x[j], load(div + i * W, j));
+      }
+      for (int j = 0; j < NV; ++j) {
+        const V prev = j > 0 ? x[j - 1] : S::zero(), next = j + 1 < NV ? x[j + 1] : S::zero();
+        h2[j] = S::add(S::add(S::add(S::zero(), S::shift2(prev, x[j], L - 1)), x[j]), S::shift2(x[j], next, 1));
+      }
+    } else {
+      for (int j = 0; j < NV; ++j) h2[j] = S::zero();
+    }
+    if (i > 0) {
+      float* o = out + (i - 1) * W;
+      for (int j = 0; j < NV; ++j) {
+        V v = S::add(S::add(S::add(S::zero(), h0[j]), h1[j]), h2[j]);
+        if (!PRE) v = divide(v, load(div + (i - 1) * W, j));
+        if (j < NV - 1 || whole)
+          S::store(o + j * L, v);
+        else
+          S::storem(o + j * L, tail, v);
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      h0[j] = h1[j];
+      h1[j] = h2[j];
+    }
+  }
+}
+
+// box3_plane for W in ((NV-1)L, NV L], NV <= 4; false: the window or the plane does not fit.
+static bool box3_fits(const Pool2dParams& p) {
+  return p.kh == 3 && p.kw == 3 && p.ph == 1 && p.pw == 1 && p.sh == 1 && p.sw == 1 && p.OH == p.H &&
+         p.OW == p.W && p.W >= 1 && p.W <= 4 * L;
+}
+template <bool PRE>
+static void box3_planes(float* out, const float* in, int64_t q0, int64_t q1, int64_t H, int64_t W,
+                        const float* div) {
+  const int64_t HW = H * W;
+  const int64_t nv = (W + L - 1) / L;
+  for (int64_t q = q0; q < q1; ++q) {
+    switch (nv) {
+      case 1: box3_plane<1, PRE>(out + q * HW, in + q * HW, H, W, div); break;
+      case 2: box3_plane<2, PRE>(out + q * HW, in + q * HW, H, W, div); break;
+      case 3: box3_plane<3, PRE>(out + q * HW, in + q * HW, H, W, div); break;
+      default: box3_plane<4, PRE>(out + q * HW, in + q * HW, H, W, div); break;
+    }
+  }
+}
+
 // Cost per output element on one core (~0.15 ns), for the threading threshold.
 constexpr double kAvgPoolNs = 0.15;
 
@@ -581,12 +690,15 @@ bool avg_pool2d_forward_f32(float* y_, const float* x_, const Pool2dParams& p) {
   if (p.sh != 1 || p.sw != 1) return false;
   const Vec<float> div = avg_divisor_table(p);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, pitch = (p.OW + L - 1) / L * L;
+  const bool box3 = box3_fits(p);
   parallel_work(p.N * p.C, kAvgPoolNs * static_cast<double>(OHW), [&](int64_t q0, int64_t q1) {
+    if (box3) return box3_planes<false>(y_, x_, q0, q1, p.H, p.W, div.data());
     Vec<float> ring(p.kh * pitch);
+    Vec<const float*> slots(p.kh);
     for (int64_t q = q0; q < q1; ++q) {
       const float* xp = x_ + q * HW;
       box_plane(y_ + q * OHW, p.OH, p.OW, p.H, p.W, p.kh, p.kw, p.ph, p.pw, div.data(), ring.data(), pitch,
-                [&](int64_t i) { return xp + i * p.W; });
+                slots.data(), [&](int64_t i) { return xp + i * p.W; });
     }
   });
   return true;
@@ -597,8 +709,11 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
   const Vec<float> div = avg_divisor_table(p);
   const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, OW = p.OW;
   const int64_t pitch = (p.W + L - 1) / L * L, gpitch = (OW + L - 1) / L * L;
+  const bool box3 = box3_fits(p);
   parallel_work(p.N * p.C, kAvgPoolNs * static_cast<double>(HW), [&](int64_t q0, int64_t q1) {
+    if (box3) return box3_planes<true>(dx_, dy_, q0, q1, p.H, p.W, div.data());
     Vec<float> ring(p.kh * pitch), grow(gpitch);
+    Vec<const float*> slots(p.kh);
     for (int64_t q = q0; q < q1; ++q) {
       const float* dyp = dy_ + q * OHW;
       // row oh of g = dy / divisor, 0 where nothing is counted
@@ -615,7 +730,7 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
         return static_cast<const float*>(grow.data());
       };
       box_plane(dx_ + q * HW, p.H, p.W, p.OH, OW, p.kh, p.kw, p.kh - 1 - p.ph, p.kw - 1 - p.pw, nullptr,
-                ring.data(), pitch, grad_row);
+                ring.data(), pitch, slots.data(), grad_row);
     }
   });
   return true;
