@@ -82,6 +82,8 @@ int main(int argc, char** argv) {
     dk::cpu::batch_norm_backward<float>(dx.data(), nullptr, nullptr, dy.data(), x.data(), wv.data(), sm.data(), si.data(), true, bp);
   });
   run("dropout fwd", 2 * n * f4 + n, [&] { dk::cpu::dropout_forward<float>(y.data(), mask.data(), x.data(), n, 0.5, 7); });
+  // the mask alone (Philox): what the forward costs beyond its memory traffic
+  run("dropout mask", n, [&] { dk::cpu::dropout_mask(mask.data(), n, 0.5, 7); });
   run("dropout bwd", 2 * n * f4 + n, [&] { dk::cpu::dropout_backward<float>(dx.data(), dy.data(), mask.data(), n, 0.5); });
   std::printf("%d threads, (64, 64, 32, 32) float32, best of %d; triad on the same working set\n",
               dk::get_num_threads(), reps);

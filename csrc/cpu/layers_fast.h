@@ -86,7 +86,8 @@ void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n)
 // Philox round: (c0, c1, c2, c3) <- (hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1,
 // lo(M0*c0)), keys bumped by the Weyl constants. The 32x32 -> 64-bit products come from
 // mul_epu32, which multiplies the even 32-bit lanes: one call for the even lanes, one for
-// the odd lanes shifted down, and the halves are blended back.
+// the odd lanes shifted down, and the halves are blended back. (Taking the low halves from
+// the same products by a shift and a blend instead of mullo_i32 was 5% slower on Zen 5.)
 static inline void mul_hilo(S::I a, S::I m, S::I& hi, S::I& lo) {
   const S::I even = S::mul_epu32(a, m), odd = S::mul_epu32(S::srli64(a, 32), m);
   hi = S::blend_odd(S::srli64(even, 32), odd);  // odd lanes: the high half is in place
@@ -118,8 +119,8 @@ static inline void philox_blocks(uint64_t ctr0, uint64_t seed, S::I w[U][4]) {
       S::I hi0, lo0, hi1, lo1;
       mul_hilo(c0[u], M0, hi0, lo0);
       mul_hilo(c2[u], M1, hi1, lo1);
-      c0[u] = S::xor_i32(S::xor_i32(hi1, c1[u]), K0);
-      c2[u] = S::xor_i32(S::xor_i32(hi0, c3[u]), K1);
+      c0[u] = S::xor3_i32(hi1, c1[u], K0);  // (one vpternlogd on AVX-512)
+      c2[u] = S::xor3_i32(hi0, c3[u], K1);
       c1[u] = lo1;
       c3[u] = lo0;
     }
@@ -860,6 +861,8 @@ static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, 
   // the block's runs are C*HW apart: far enough for the hardware prefetchers to lose the
   // stream at every run (measured: 22 GB/s on one core). Each run asks for the same run
   // kAhead samples later: its inputs (r0, r1) to L1, its output (w) with write intent.
+  // (Measured on Zen 5, one core, 64x64x32x32: the training forward 1.7 -> 1.3 ms with x
+  // prefetched; the backward 2.4 -> 2.9 ms with x and dy prefetched, so it passes none.)
   constexpr int64_t kAhead = 2;
   const bool pf = p.HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   for (int64_t n = 0; n < p.N; ++n)
@@ -1036,7 +1039,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
     for (int64_t b0 = c0; b0 < c1; b0 += cb) {
       const int64_t b1 = std::min(c1, b0 + cb);
       for (int64_t c = b0; c < b1; ++c) sums[c - b0] = LaneSums();
-      block_runs(p, b0, b1, x, dy, nullptr, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, nullptr, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const V mv = S::set1(mean[c]);
         const float* xr = x + off;
         const float* gr = dy + off;
@@ -1056,7 +1059,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         sums[c - b0].totals(sdy, sdyx);
         step.fn(step.ctx, c, sdy, sdyx, coef.data() + 3 * (c - b0));
       }
-      block_runs(p, b0, b1, nullptr, nullptr, dx, [&](int64_t c, int64_t off) {
+      block_runs(p, b0, b1, nullptr, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {

@@ -103,6 +103,7 @@ struct Simd {
   static I iota_i32() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static I add_i32(I a, I b) { return _mm512_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I xor3_i32(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }  // a ^ b ^ c
   static I lt_u32_one(I a, I b) { return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(a, b), 1); }
   static I mul_epu32(I a, I b) { return _mm512_mul_epu32(a, b); }  // even lanes, 64-bit products
   static I mullo_i32(I a, I b) { return _mm512_mullo_epi32(a, b); }
@@ -265,6 +266,7 @@ struct Simd {
   static I iota_i32() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static I add_i32(I a, I b) { return _mm256_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I xor3_i32(I a, I b, I c) { return xor_i32(xor_i32(a, b), c); }
   static I lt_u32_one(I a, I b) {  // unsigned a < b: flip the sign bits, compare signed
     const I s = _mm256_set1_epi32(INT32_MIN);
     return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(1));
