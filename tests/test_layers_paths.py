@@ -235,6 +235,31 @@ def test_batch_norm(isa_name, shape, training):
 
 
 @pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+def test_batch_norm_long_runs_in_memory_order(isa_name):
+    """Channels of > 256 KB in runs of >= 1 KB (the training forward then makes two passes in
+    memory order instead of channel blocks, layers_fast.h): against the reference, run lengths
+    that are not a multiple of the vector width, and the same bits on 1, 2 and 3 threads."""
+    rng = np.random.default_rng(31)
+    x = (rng.standard_normal((66, 3, 17, 61)) * 3 + 2).astype(np.float32)
+    w, b = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    res = []
+    with isa(isa_name):
+        for t in (1, 2, 3):
+            with num_threads(t):
+                y, sm, si = F.batch_norm(x, w, b, None, None, True)
+                res.append([y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True)])
+    for r in res[1:]:
+        for k, (g, e) in enumerate(zip(r, res[0])):
+            assert_bitwise(g, e, f"output {k}")
+    ry, _, _ = R.batch_norm(f64(x), *f64(w, b), None, None, True, 0.1, 1e-5)
+    assert_close(res[0][0], ry, *tol("batch_norm", np.float32), what="y")
+    want = R.batch_norm_backward(*f64(dy, x, w, res[0][1], res[0][2]), True)
+    for g, r, name in zip(res[0][3:], want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
 def test_layers_thread_count_invariance(isa_name):
     """Bitwise identical outputs on 1, 2, 3 and 5 threads (the batch-norm sums included)."""
     rng = np.random.default_rng(8)
