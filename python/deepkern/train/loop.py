@@ -192,6 +192,7 @@ class Trainer:
                     m.eval()
                 if bar is not None:
                     bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
+                lr = float(opt.param_groups[0]["lr"])          # the lr of the epoch's first step
                 loss_sum, correct, seen = 0.0, 0, 0
                 for i, (xb, yb) in enumerate(loader):
                     logits = model(xb)
@@ -214,7 +215,6 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the training loss became {loss} at epoch {epoch + 1}, "
                                                  f"step {i + 1}: lower the learning rate")
-                lr = float(opt.param_groups[0]["lr"])
                 train_loss, train_acc = loss_sum / seen, correct / seen
                 val_loss = val_acc = float("nan")
                 if val is not None:
