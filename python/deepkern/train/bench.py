@@ -38,7 +38,8 @@ def benchmark_epoch(framework, *, batch_size=64, seed=0, steps=None):
 
     framework: "cpu" or "numpy" (deepkern on that backend), "torch" (the same model, loss and
     optimizer in PyTorch, on torch's current thread count: the bench sets it to deepkern's),
-    or "cuda" (not supported yet: RuntimeError). steps: optimizer steps per call (default
+    or "cuda" (deepkern with the model and the batches as CuPy arrays on the GPU; RuntimeError
+    naming the reason where that cannot run). steps: optimizer steps per call (default
     BENCH_STEPS). Every call continues training the same model.
     """
     import deepkern
@@ -48,9 +49,7 @@ def benchmark_epoch(framework, *, batch_size=64, seed=0, steps=None):
     if batch_size < 1 or batch_size > 1000:
         raise ValueError(f"batch_size must be in [1, 1000], got {batch_size}")
     steps = BENCH_STEPS if steps is None else int(steps)
-    if framework == "cuda":
-        raise RuntimeError("deepkern train has no cuda backend yet (the optimizers run on NumPy arrays)")
-    if framework not in ("cpu", "numpy", "torch"):
+    if framework not in ("cpu", "numpy", "cuda", "torch"):
         raise RuntimeError(f"unknown framework {framework!r}")
     batches = _batches(batch_size, seed, steps)
     deepkern.manual_seed(seed)
@@ -85,6 +84,10 @@ def benchmark_epoch(framework, *, batch_size=64, seed=0, steps=None):
         return torch_epoch
 
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    if framework == "cuda":
+        from ..nn import _array
+        _array.module_to(model, "cuda")          # RuntimeError without a usable GPU
+        batches = [(_array.to_device(xb, "cuda"), _array.to_device(yb, "cuda")) for xb, yb in batches]
     opt = make_optimizer("adam", model.parameters(), lr=lr)
 
     def epoch():
@@ -94,10 +97,10 @@ def benchmark_epoch(framework, *, batch_size=64, seed=0, steps=None):
             model.zero_grad()
             model.backward(crit.backward())
             opt.step()
-            total += loss
+            total += float(loss)                 # (a device synchronization on cuda, like torch's .item())
         return total / len(batches)
 
-    if framework == "cpu":
+    if framework in ("cpu", "cuda"):
         return epoch
 
     def numpy_epoch():

@@ -78,7 +78,8 @@ def _add_common(p, epochs):
                    "augmentation (default 0; the test split is fixed whatever the seed)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (default: deepkern's, OMP_NUM_THREADS)")
     g.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu",
-                   help="cpu (C++ kernels, default), numpy (the plain-NumPy reference: slow), cuda (not yet)")
+                   help="cpu (C++ kernels, default), numpy (the plain-NumPy reference: slow), cuda (the GPU: "
+                        "needs a CUDA build of deepkern and CuPy)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -209,12 +210,14 @@ class _Backend:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             deepkern.set_num_threads(args.threads)
+        self.device = None
         if args.backend == "cuda":
-            reason = deepkern._backend.cuda_unavailable_reason()
-            if reason:
-                raise RuntimeError(f"--backend cuda: the CUDA backend is unavailable here: {reason}")
-            raise RuntimeError("--backend cuda: training on CUDA is not supported yet (the layers run there, the "
-                               "optimizers do not); use --backend cpu")
+            from ..nn import _array
+            try:
+                _array.require_cuda()
+            except RuntimeError as e:
+                raise RuntimeError(f"--backend cuda: {e}") from None
+            self.device = "cuda"
         self.name = args.backend
         self._ctx = deepkern.use_backend("numpy") if args.backend == "numpy" else None
 
@@ -241,6 +244,10 @@ def _build(args, prepared, num_classes=None, optimizer=None, lr=None):
     deepkern.manual_seed(args.seed)
     model = models.digits_cnn(num_classes or prepared.num_classes, args.channels or models.DIGITS_CHANNELS,
                               in_channels=x.shape[1], image_size=x.shape[2:], dropout=args.dropout, init=args.init)
+    device = "cuda" if args.backend == "cuda" else None
+    if device is not None:
+        from ..nn import _array
+        _array.module_to(model, device)          # before the optimizer: its state lives where the weights do
     opt = make_optimizer(optimizer or args.optimizer, model.parameters(), lr=lr if lr is not None else args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = "restarts" if args.snapshots else args.schedule
@@ -250,7 +257,7 @@ def _build(args, prepared, num_classes=None, optimizer=None, lr=None):
     trainer = Trainer(model, opt, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), scheduler=sched,
                       ema=ema, batch_size=args.batch_size, seed=args.seed, transform=_augmentation(args),
                       patience=args.patience, snapshots=args.snapshots, max_norm=args.clip_norm,
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=device)
     return trainer
 
 
@@ -515,8 +522,10 @@ def _finetune(args):
 
     import deepkern
 
+    from .. import _arrays as A
     from .. import data as D
     from .. import models, nn, optim
+    from ..nn import _array as NA
     from .loop import Trainer
 
     if args.data != "digits":
@@ -538,16 +547,21 @@ def _finetune(args):
             deepkern.manual_seed(seed)
             return models.digits_cnn(5, (c1, c2), dropout=args.dropout, init=args.init)
 
+        dev = backend.device
+
+        def to_dev(model):                  # --backend cuda: the weights on the GPU, before the optimizer
+            return model if dev is None else NA.module_to(model, dev)
+
         crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        pre = make_model(args.seed)
+        pre = to_dev(make_model(args.seed))
         pre_trainer = Trainer(pre, optim.Adam(pre.parameters(), lr=2e-3), crit, batch_size=args.batch_size,
-                              seed=args.seed, progress=not args.quiet)
+                              seed=args.seed, progress=not args.quiet, device=dev)
         t0 = time.perf_counter()
         pre_trainer.fit(x_tr[src_tr], y_tr[src_tr], args.epochs, val=(x_va[src_va], y_va[src_va]))
         _, pre_acc = pre_trainer.evaluate(x_te[~tgt_te], y_te[~tgt_te])
         print(f"pretrained on digits 0-4: {args.epochs} epochs in {time.perf_counter() - t0:.1f} s, test accuracy on "
               f"0-4 {100 * pre_acc:.1f}%")
-        pretrained = pre.state_dict(copy=True)
+        pretrained = {k: np.array(A.to_host(v)) for k, v in pre.state_dict().items()}
 
         rows = {"from scratch (every layer trained)": "scratch",
                 "pretrained on 0-4, frozen, new head": "frozen",
@@ -578,8 +592,9 @@ def _finetune(args):
                         # frozen BatchNorm keeps normalizing with the statistics it was trained with
                         eval_modules = [m for m in body if isinstance(m, nn.BatchNorm2d)]
                         groups = [{"params": list(head.parameters()), "lr": 1e-2}]
+                to_dev(model)
                 t = Trainer(model, optim.Adam(groups), crit, batch_size=args.batch_size, seed=run_seed,
-                            progress=False, eval_modules=eval_modules)
+                            progress=False, eval_modules=eval_modules, device=dev)
                 t.fit(xs, ys, args.finetune_epochs)
                 results[name].append(t.evaluate(xt, yt)[1])
         print()

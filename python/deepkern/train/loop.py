@@ -30,8 +30,10 @@ import numpy as np
 
 import deepkern
 
+from .. import _arrays as _A
 from .. import checkpoint as _ckpt
 from .. import nn
+from ..nn import _array as _NA
 from .. import optim
 from ..data import DataLoader
 from ..data.loader import _int as _as_int
@@ -94,6 +96,11 @@ class Trainer:
                    of transfer learning, so its BatchNorm keeps its running statistics)
       progress     show a tqdm progress bar (the loss of each batch in its postfix)
       log          a function called with one line of text per epoch (e.g. print), or None
+      device       where the model lives: None or "cpu" (NumPy arrays), "cuda" / "cuda:N"
+                   (the model already moved there with ``nn._array.module_to(model, "cuda")``
+                   before its optimizer was made). x and y stay NumPy arrays on the host; each
+                   batch is copied to the device, evaluation copies the logits back.
+                   Checkpoints and ``state_dict()`` hold host (NumPy) copies either way
 
     ``history`` holds one entry per epoch for each of HISTORY_KEYS (val_* are NaN without
     validation data). Each epoch reseeds deepkern's random stream (``deepkern.manual_seed``)
@@ -102,7 +109,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, criterion=None, *, scheduler=None, ema=None, batch_size=64, seed=0,
                  transform=None, patience=None, snapshots=False, max_norm=None, eval_modules=(),
-                 progress=True, log=None):
+                 progress=True, log=None, device=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a deepkern.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, optim.Optimizer):
@@ -126,6 +133,14 @@ class Trainer:
                 raise ValueError(f"max_norm must be positive, got {max_norm}")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        kind, index = ("cpu", 0) if device is None else _NA.parse_device(device)
+        if kind == "cuda":
+            _NA.require_cuda()               # a RuntimeError naming why not, before anything runs
+            for name, p in model.named_parameters():
+                if not _A.is_cuda(p.data):
+                    raise ValueError(f"device {device!r}: parameter {name} is a NumPy array; move the model first "
+                                     "(deepkern.nn._array.module_to(model, 'cuda')), then make its optimizer")
+        self.device = None if kind == "cpu" else f"cuda:{index}"
         self.model = model
         self.optimizer = optimizer
         self.criterion = nn.CrossEntropyLoss() if criterion is None else criterion
@@ -175,6 +190,7 @@ class Trainer:
         steps = len(loader)
         model, crit, opt, sched, ema = self.model, self.criterion, self.optimizer, self.scheduler, self.ema
         batch_sched = self._batch_schedule()
+        dev = self.device
         fused = ema is not None or self.max_norm is not None
         cycle_ends = _cycle_ends(sched, epochs) if self.snapshots_enabled else set()
         bar = None
@@ -195,6 +211,8 @@ class Trainer:
                 lr = float(opt.param_groups[0]["lr"])          # the lr of the epoch's first step
                 loss_sum, correct, seen = 0.0, 0, 0
                 for i, (xb, yb) in enumerate(loader):
+                    if dev is not None:
+                        xb, yb = _NA.to_device(xb, dev), _NA.to_device(yb, dev)
                     logits = model(xb)
                     loss = crit(logits, yb)
                     model.zero_grad()
@@ -206,8 +224,12 @@ class Trainer:
                     if batch_sched:
                         sched.step(epoch + (i + 1) / steps)
                     n = len(yb)
+                    if dev is not None:
+                        loss = float(loss)                       # (synchronizes with the device)
+                        correct += int((logits.argmax(axis=1) == yb).sum())
+                    else:
+                        correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
                     loss_sum += loss * n
-                    correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
                     seen += n
                     if bar is not None:
                         bar.update(1)
@@ -294,7 +316,11 @@ class Trainer:
         was_training = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            outs = [model(x[i:i + self.eval_batch_size]) for i in range(0, len(x), self.eval_batch_size)]
+            step = self.eval_batch_size
+            if self.device is None:
+                outs = [model(x[i:i + step]) for i in range(0, len(x), step)]
+            else:
+                outs = [_A.to_host(model(_NA.to_device(x[i:i + step], self.device))) for i in range(0, len(x), step)]
         finally:
             for m, t in was_training:
                 object.__setattr__(m, "training", t)
@@ -343,8 +369,12 @@ class Trainer:
     # ------------------------------------------------------------------ state and checkpoints
 
     def state_dict(self):
-        """(model state, everything else) -- see save_checkpoint. Arrays are copies."""
+        """(model state, everything else) -- see save_checkpoint. Arrays are copies (NumPy
+        arrays, also for a model on a CUDA device)."""
         sched = self.scheduler
+        best = self.best
+        if best is not None and self.device is not None:
+            best = dict(best, model=_host_state(best["model"]))
         tree = {
             "epoch": self.epoch,
             "seed": self.seed,
@@ -352,10 +382,10 @@ class Trainer:
             "scheduler": None if sched is None else {"class": type(sched).__name__, "state": sched.state_dict()},
             "ema": None if self.ema is None else self.ema.state_dict(),
             "history": {k: list(v) for k, v in self.history.items()},
-            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
-            "snapshots": list(self.snapshots),
+            "early_stopping": {"best": best, "bad_epochs": self.bad_epochs, "stopped": self.stopped_early},
+            "snapshots": [_host_state(s) for s in self.snapshots],
         }
-        return self.model.state_dict(copy=True), tree
+        return _host_state(self.model.state_dict(copy=True)), tree
 
     def save_checkpoint(self, path, extra=None):
         """Write the whole training state to ``path`` (.npz, no pickle; see deepkern.checkpoint).
@@ -429,6 +459,13 @@ class Trainer:
         return dict(tree.get("extra") or {})
 
 
+def _host_state(state):
+    """A state dict with NumPy arrays (CUDA arrays copied to the host; NumPy ones kept)."""
+    if all(isinstance(v, np.ndarray) for v in state.values()):
+        return state
+    return OrderedDict((k, _A.to_host(v)) for k, v in state.items())
+
+
 def _array(p):
     """The array of a Parameter, or an ndarray as is (an EMA tracks either)."""
     return p.data if isinstance(p, nn.Parameter) else p
@@ -443,20 +480,20 @@ class _EmaWeights:
 
     def __enter__(self):
         if self.ema is not None:
-            self.saved = [np.array(_array(p), copy=True) for p in self.ema.params]
+            self.saved = [_A.copy(_array(p)) for p in self.ema.params]
             self.ema.copy_to()
         return self
 
     def __exit__(self, *exc):
         if self.saved is not None:
             for p, a in zip(self.ema.params, self.saved):
-                np.copyto(_array(p), a)
+                _array(p)[...] = a
         return False
 
 
 def _scratch_ema(ema):
     """An EMA over copies of ema's parameters (to validate a state dict without touching ema)."""
-    return optim.EMA([np.array(_array(p)) for p in ema.params], decay=ema.decay)
+    return optim.EMA([np.array(_A.to_host(_array(p))) for p in ema.params], decay=ema.decay)
 
 
 # ---------------------------------------------------------------------------- checkpoint checks
@@ -531,8 +568,8 @@ def _check_model_state(model, state, where):
             problems.append(f"{k!r} is a {type(src).__name__}, not an array")
         elif src.shape != dst.shape:
             problems.append(f"{k!r} has shape {src.shape} in the checkpoint, {dst.shape} in the model")
-        elif src.dtype != dst.dtype:
-            problems.append(f"{k!r} is {src.dtype.name} in the checkpoint, {dst.dtype.name} in the model")
+        elif src.dtype != np.dtype(_A.dtype(dst)):
+            problems.append(f"{k!r} is {src.dtype.name} in the checkpoint, {np.dtype(_A.dtype(dst)).name} in the model")
     if problems:
         raise ValueError(f"{where} does not match this model: " + "; ".join(problems))
 
