@@ -140,3 +140,21 @@ def test_finetune_command(capsys):
     assert out.strip().splitlines()[-1].startswith("transfer learning:")
     code, _, err = run(capsys, "finetune", "--shots", "500", "--epochs", "1", "--quiet")
     assert code == 2 and "fewer than --shots 500" in err
+
+
+def test_threads_default_and_restore(capsys):
+    """Small images train on one thread unless --threads says otherwise; the caller's thread
+    count is back afterwards (also after an error)."""
+    import deepkern
+    before = deepkern.get_num_threads()
+    deepkern.set_num_threads(2)
+    try:
+        code, out, _ = run(capsys, "train", "--epochs", "1", "--quiet", "--channels", "2,2")
+        assert code == 0 and "cpu backend, 1 thread," in out
+        assert deepkern.get_num_threads() == 2
+        code, out, _ = run(capsys, "train", "--epochs", "1", "--quiet", "--channels", "2,2", "--threads", "2")
+        assert code == 0 and "cpu backend, 2 threads," in out
+        code, _, err = run(capsys, "train", "--epochs", "1", "--quiet", "--threads", "3", "--data", "/nonexistent.npz")
+        assert code == 2 and deepkern.get_num_threads() == 2
+    finally:
+        deepkern.set_num_threads(before)

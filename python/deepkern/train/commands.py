@@ -76,7 +76,9 @@ def _add_common(p, epochs):
                    help="label smoothing of the cross-entropy (default 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seeds the initialization, batch order, dropout and "
                    "augmentation (default 0; the test split is fixed whatever the seed)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (default: deepkern's, OMP_NUM_THREADS)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: 1 for images of up to 16x16 pixels like the digits, whose kernels are "
+                        "too small to split; else deepkern's, OMP_NUM_THREADS)")
     g.add_argument("--backend", choices=("cpu", "numpy", "cuda"), default="cpu",
                    help="cpu (C++ kernels, default), numpy (the plain-NumPy reference: slow), cuda (the GPU: "
                         "needs a CUDA build of deepkern and CuPy)")
@@ -200,16 +202,23 @@ def _augmentation(args):
     return data.Compose(ts) if ts else None
 
 
+# Images of at most this many pixels train on one thread unless --threads says otherwise. A
+# step of the default CNN on 8x8 digits is ~25 kernel calls of 2-180 us each: too little work
+# to split, and on a shared machine every parallel region waits for a core that another
+# process holds. Measured on this 2-core machine under load: 30 epochs in 1.3 s on 1 thread,
+# 24 s on 2 (bench/NOTES.md, "deepkern train").
+SMALL_IMAGE_PIXELS = 256
+
+
 class _Backend:
-    """The --backend and --threads of a command: a context for the whole run."""
+    """The --backend and --threads of a command: a context for the whole run (the thread
+    count in effect before is restored at the end)."""
 
     def __init__(self, args):
         import deepkern
 
-        if args.threads:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            deepkern.set_num_threads(args.threads)
+        if args.threads and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         self.device = None
         if args.backend == "cuda":
             from ..nn import _array
@@ -220,6 +229,26 @@ class _Backend:
             self.device = "cuda"
         self.name = args.backend
         self._ctx = deepkern.use_backend("numpy") if args.backend == "numpy" else None
+        self._threads_given = bool(args.threads)
+        self._threads_before = deepkern.get_num_threads()
+        if args.threads:
+            deepkern.set_num_threads(args.threads)
+
+    def threads_desc(self):
+        import deepkern
+
+        n = deepkern.get_num_threads()
+        return f"{n} thread{'s' if n != 1 else ''}"
+
+    def fit_threads(self, image_shape):
+        """One thread for small images (SMALL_IMAGE_PIXELS) when --threads was not given."""
+        import deepkern
+
+        pixels = 1
+        for d in image_shape:
+            pixels *= int(d)
+        if not self._threads_given and pixels <= SMALL_IMAGE_PIXELS:
+            deepkern.set_num_threads(1)
 
     def __enter__(self):
         if self._ctx is not None:
@@ -227,6 +256,9 @@ class _Backend:
         return self
 
     def __exit__(self, *exc):
+        import deepkern
+
+        deepkern.set_num_threads(self._threads_before)
         if self._ctx is not None:
             return self._ctx.__exit__(*exc)
         return False
@@ -310,6 +342,7 @@ def _train(args):
             if "standardizer" not in extra:
                 raise ValueError(f"{args.resume}: not a checkpoint of deepkern train (no data normalization stored)")
         data = load_data(args.data, args.val_size, args.seed, std_state=extra and extra["standardizer"])
+        backend.fit_threads(data.train[0].shape[2:])
         trainer = _build(args, data)
         model = trainer.model
         if args.resume:
@@ -336,7 +369,7 @@ def _train(args):
         print(f"  model: CNN {c1}-{c2} ({_nparams(model):,} parameters, {args.init} init), {opt_desc}, "
               f"batch {args.batch_size} ({steps} steps an epoch), label smoothing {args.label_smoothing:g}"
               + (", " + ", ".join(extras) if extras else ""))
-        print(f"  {args.epochs} epochs, {backend.name} backend, {deepkern.get_num_threads()} threads, seed {args.seed}"
+        print(f"  {args.epochs} epochs, {backend.name} backend, {backend.threads_desc()}, seed {args.seed}"
               + (f", resumed at epoch {trainer.epoch} from {args.resume}" if args.resume else ""))
         if not args.quiet:
             from tqdm.auto import tqdm
@@ -427,11 +460,12 @@ def _compare(args):
     args.schedule, args.snapshots, args.ema_decay, args.augment = "none", False, 0.0, False
     with _Backend(args) as backend:
         data = load_data(args.data, args.val_size, args.seed)
+        backend.fit_threads(data.train[0].shape[2:])
         c1, c2 = args.channels or (16, 32)
         print(f"deepkern compare: {data.describe()}")
         print(f"  the same CNN {c1}-{c2} (same initial weights), batch {args.batch_size}, {args.epochs} epochs, "
               f"label smoothing {args.label_smoothing:g}, seed {args.seed}, {backend.name} backend, "
-              f"{deepkern.get_num_threads()} threads")
+              f"{backend.threads_desc()}")
         histories, rows = {}, []
         for name in names:
             trainer = _build(args, data, optimizer=name)
@@ -532,6 +566,7 @@ def _finetune(args):
         raise ValueError("deepkern finetune uses the embedded digits (classes 0-4 -> 5-9)")
     with _Backend(args) as backend:
         (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = D.digits_splits(val_size=args.val_size, seed=args.seed)
+        backend.fit_threads(x_tr.shape[2:])
         src_tr, src_va = y_tr < 5, y_va < 5
         std = D.Standardizer().fit(x_tr[src_tr])            # the pretrained model's normalization, used throughout
         x_tr, x_va, x_te = std.transform(x_tr), std.transform(x_va), std.transform(x_te)
@@ -540,7 +575,7 @@ def _finetune(args):
         c1, c2 = args.channels or (16, 32)
         print(f"deepkern finetune: digits; pretrain on 0-4 ({int(src_tr.sum())} images), then learn 5-9 from "
               f"{args.shots} images per class; test on the {len(yt)} held-out images of 5-9")
-        print(f"  CNN {c1}-{c2}, {backend.name} backend, {deepkern.get_num_threads()} threads, seed {args.seed}, "
+        print(f"  CNN {c1}-{c2}, {backend.name} backend, {backend.threads_desc()}, seed {args.seed}, "
               f"{args.repeats} draws of the few samples")
 
         def make_model(seed):
