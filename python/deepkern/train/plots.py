@@ -20,6 +20,16 @@ def require_matplotlib():
     return plt
 
 
+def _plain_log_ticks(ax):
+    """Log-scale y ticks written as plain numbers (0.6, 1, 2), minor ones labelled too: the
+    losses of label-smoothed runs span less than a decade, where 10^x labels would be few."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="y", which="minor", labelsize=8)
+
+
 def _has(values):
     return any(not math.isnan(v) for v in values)
 
@@ -35,6 +45,7 @@ def plot_history(history, path, title="deepkern train"):
     ax_l.set_xlabel("epoch")
     ax_l.set_ylabel("loss (cross-entropy)")
     ax_l.set_yscale("log")
+    _plain_log_ticks(ax_l)
     ax_l.grid(True, which="both", alpha=0.3)
     ax_l.legend()
     ax_a.plot(ep, [100 * a for a in history["train_acc"]], label="train (running, dropout on)", color="tab:blue")
@@ -68,8 +79,9 @@ def plot_compare(histories, path, title="optimizer comparison"):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.grid(True, which="both", alpha=0.3)
-    ax_v.tick_params(labelleft=True)
+    ax_v.tick_params(which="both", labelleft=True)
     ax_t.legend(ncol=2, fontsize=9)
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
