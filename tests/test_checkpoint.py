@@ -15,6 +15,17 @@ from deepkern import checkpoint, data, models, nn, optim
 from deepkern.train import Trainer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests train the digits CNN, whose kernels are too small to split (see
+    deepkern.train.commands.SMALL_IMAGE_PIXELS): one thread keeps them fast on a busy
+    machine. Results do not depend on the thread count (test_determinism)."""
+    before = deepkern.get_num_threads()
+    deepkern.set_num_threads(1)
+    yield
+    deepkern.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     (x, y), (xv, yv), _ = data.digits_splits(val_size=0.1, seed=0)

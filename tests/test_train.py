@@ -14,6 +14,17 @@ from deepkern import functional as F
 from deepkern.train import HISTORY_KEYS, Trainer, benchmark_epoch, fit, make_optimizer, make_scheduler
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests train the digits CNN, whose kernels are too small to split (see
+    deepkern.train.commands.SMALL_IMAGE_PIXELS): one thread keeps them fast on a busy
+    machine. Results do not depend on the thread count (test_determinism)."""
+    before = deepkern.get_num_threads()
+    deepkern.set_num_threads(1)
+    yield
+    deepkern.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     """A small standardized subset: 320 training, 96 validation, the test split."""

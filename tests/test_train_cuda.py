@@ -96,16 +96,25 @@ def test_trainer_refuses_a_model_left_on_the_host(fake):
         Trainer(m, optim.Adam(m.parameters()), device="cuda")
 
 
+def _tiny_digits(tmp_path):
+    """120 digits as a .npz: the commands' --data, so the emulated kernels finish quickly."""
+    (x, y), _, _ = data.digits_splits(val_size=0.1, seed=0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x[:120, 0], y=y[:120])
+    return str(path)
+
+
 def test_train_command_backend_cuda(fake, capsys, tmp_path):
     ck = tmp_path / "c.npz"
+    tiny = _tiny_digits(tmp_path)
     code = main(["train", "--backend", "cuda", "--epochs", "1", "--quiet", "--channels", "4,4",
-                 "--ema-decay", "0.9", "--save", str(ck)])
+                 "--ema-decay", "0.9", "--save", str(ck), "--data", tiny])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "cuda backend" in out
     assert re.match(r"^test accuracy \d+\.\d%$", out.strip().splitlines()[-1])
     code = main(["train", "--backend", "cuda", "--epochs", "2", "--quiet", "--channels", "4,4",
-                 "--ema-decay", "0.9", "--resume", str(ck)])
+                 "--ema-decay", "0.9", "--resume", str(ck), "--data", tiny])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "resumed at epoch 1" in out
