@@ -14,16 +14,7 @@ import deepkern
 from deepkern import checkpoint, data, models, nn, optim
 from deepkern.train import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests train the digits CNN, whose kernels are too small to split (see
-    deepkern.train.commands.SMALL_IMAGE_PIXELS): one thread keeps them fast on a busy
-    machine. Results do not depend on the thread count (test_determinism)."""
-    before = deepkern.get_num_threads()
-    deepkern.set_num_threads(1)
-    yield
-    deepkern.set_num_threads(before)
+from test_train import _one_thread  # noqa: F401  (autouse: these tests train on one thread)
 
 
 @pytest.fixture(scope="module")
