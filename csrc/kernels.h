@@ -50,4 +50,10 @@ void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed);
 template <class T> void relu_forward(T* y, const T* x, int64_t n);
 template <class T> void relu_backward(T* dx, const T* dy, const T* y, int64_t n);
 
+// ---- loss.cpp            logits (N, C), targets (N,) int64; grad (N, C) written
+// false (and nothing written) when a target is outside [0, C)
+template <class T>
+bool cross_entropy_indices(T* grad, double* loss, const T* z, const int64_t* y, int64_t N,
+                           int64_t C, double eps, double scale);
+
 }  // namespace dk::cpu

@@ -208,3 +208,62 @@ def test_random_cases_match_reference(N, C, eps, weighted, ignore, reduction, se
     assert abs(loss - want) <= 1e-12 * max(1.0, abs(want))
     f = lambda zz: ref_loss(zz, t, w, reduction=reduction, eps=eps)  # noqa: E731
     assert_close(crit.backward(), numeric_grad(f, z.copy()), 1e-6, 1e-8)
+
+
+# ---- the cpu backend's fused kernel (csrc/cpu/loss.cpp) against the NumPy path -------------
+
+@given(st.integers(1, 40), st.integers(1, 30), st.sampled_from([0.0, 0.1, 1.0]),
+       st.sampled_from(["mean", "sum"]), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([np.int64, np.int32, np.uint8]), st.integers(0, 2**32 - 1))
+def test_fused_cpu_kernel_matches_numpy_path(N, C, eps, reduction, dtype, ydtype, seed):
+    import deepkern
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((N, C)) * 5).astype(dtype)
+    y = rng.integers(0, C, N).astype(ydtype)
+    go = float(rng.uniform(0.5, 2.0))
+    assert NF._forward_fused(z, y, None, reduction, eps) is not None   # the kernel is what runs
+    loss = NF.cross_entropy(z, y, reduction=reduction, label_smoothing=eps)
+    g = NF.cross_entropy_backward(z, y, reduction=reduction, label_smoothing=eps, grad_output=go)
+    with deepkern.use_backend("numpy"):
+        assert NF._forward_fused(z, y, None, reduction, eps) is None
+        loss_np = NF.cross_entropy(z, y, reduction=reduction, label_smoothing=eps)
+        g_np = NF.cross_entropy_backward(z, y, reduction=reduction, label_smoothing=eps, grad_output=go)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert g.dtype == dtype and g.shape == z.shape
+    assert math.isclose(loss, loss_np, rel_tol=tol, abs_tol=tol)
+    assert math.isclose(loss, ref_loss(z, y, reduction=reduction, eps=eps), rel_tol=10 * tol, abs_tol=10 * tol)
+    assert_close(g, g_np, rtol=tol, atol=tol * max(1.0, go))
+
+
+def test_fused_kernel_propagates_nan_and_falls_back_for_ignored_or_bad_targets():
+    z = np.zeros((3, 4), np.float32)
+    z[1, 2] = np.nan
+    loss = NF.cross_entropy(z, np.array([0, 1, 2]))
+    assert math.isnan(loss)
+    g = NF.cross_entropy_backward(z, np.array([0, 1, 2]))
+    assert np.isnan(g[1]).all() and np.isfinite(g[[0, 2]]).all()
+    # an ignored row (-100) is the general path's business: the kernel writes nothing, says None
+    y = np.array([0, -100, 3])
+    assert NF._forward_fused(np.ones((3, 4), np.float32), y, None, "mean", 0.0) is None
+    zf = np.ones((3, 4), np.float32)
+    assert math.isclose(NF.cross_entropy(zf, y), math.log(4), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="out of bounds"):
+        NF.cross_entropy(zf, np.array([0, 1, 4]))
+
+
+@pytest.mark.parametrize("args, err", [
+    ((np.empty((2, 3), np.float32), np.ones((2, 3), np.float32), np.zeros(2, np.int32)), TypeError),
+    ((np.empty((2, 3), np.float64), np.ones((2, 3), np.float32), np.zeros(2, np.int64)), TypeError),
+    ((np.empty((3, 2), np.float32), np.ones((2, 3), np.float32), np.zeros(2, np.int64)), ValueError),
+    ((np.empty((2, 3), np.float32), np.ones((2, 3), np.float32), np.zeros(3, np.int64)), ValueError),
+    ((np.empty((0, 3), np.float32), np.ones((0, 3), np.float32), np.zeros(0, np.int64)), ValueError),
+    ((np.empty(6, np.float32), np.ones(6, np.float32), np.zeros(2, np.int64)), ValueError),
+    ((np.empty((2, 3), np.float32)[:, :2], np.ones((2, 2), np.float32), np.zeros(2, np.int64)), ValueError),
+])
+def test_fused_binding_rejects_bad_arrays(args, err):
+    from deepkern import _C
+    with pytest.raises(err):
+        _C.cross_entropy_indices(*args, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        _C.cross_entropy_indices(np.empty((2, 3), np.float32), np.ones((2, 3), np.float32),
+                                 np.zeros(2, np.int64), float("nan"), 1.0)

@@ -27,11 +27,12 @@ def conv2d_relu(x, weight, bias, stride, padding, dilation, groups):
     return conv2d(x, weight, bias, stride, padding, dilation, groups, relu=True)
 
 
-def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias):
-    grad_x = np.empty_like(x)
+def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias, input_grad=True):
+    grad_x = np.empty_like(x) if input_grad else None
     grad_w = np.empty_like(weight)
     grad_b = np.empty(weight.shape[0], dtype=x.dtype) if bias else None
-    _C.conv2d_backward_input(grad_x, grad_out, weight, stride, padding, dilation, groups)
+    if input_grad:
+        _C.conv2d_backward_input(grad_x, grad_out, weight, stride, padding, dilation, groups)
     _C.conv2d_backward_weight(grad_w, grad_b, grad_out, x, stride, padding, dilation, groups)
     return grad_x, grad_w, grad_b
 

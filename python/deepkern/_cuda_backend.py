@@ -62,12 +62,13 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias):
+def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, bias, input_grad=True):
     c, (grad_out, x, weight) = A.prepare("conv2d_backward", grad_out=grad_out, x=x, weight=weight)
-    grad_x = c.empty(_shape(x))
+    grad_x = c.empty(_shape(x)) if input_grad else None
     grad_w = c.empty(_shape(weight))
     grad_b = c.empty((_shape(weight)[0],)) if bias else None
-    _cuda.conv2d_backward_input(grad_x, grad_out, weight, stride, padding, dilation, groups, c.stream)
+    if input_grad:
+        _cuda.conv2d_backward_input(grad_x, grad_out, weight, stride, padding, dilation, groups, c.stream)
     _cuda.conv2d_backward_weight(grad_w, grad_b, grad_out, x, stride, padding, dilation, groups,
                                  c.stream)
     return grad_x, grad_w, grad_b

@@ -112,6 +112,9 @@ def cmd_demo(args):
 # The module is imported when the parser is built, so keep those imports light.
 EXTERNAL_COMMANDS = [
     ("bench", "deepkern.bench:add_parser"),
+    ("train", "deepkern.train.commands:add_train_parser"),
+    ("compare", "deepkern.train.commands:add_compare_parser"),
+    ("finetune", "deepkern.train.commands:add_finetune_parser"),
 ]
 
 

@@ -123,15 +123,19 @@ def conv2d_relu(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
     return y[0] if unbatched else y
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True):
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                    input_grad=True):
     """Gradients of conv2d: returns (grad_x, grad_weight, grad_bias).
 
     grad_out: the forward output's shape; grad_bias is None when ``bias=False``.
+    ``input_grad=False`` (a deepkern extension) skips grad_x, which is then None: the first
+    layer of a network never needs the gradient with respect to its input (the data).
     """
     for a, n in ((grad_out, "grad_out"), (x, "x"), (weight, "weight")):
         V.float_array(a, n)
     V.same_dtype("conv2d_backward", grad_out=grad_out, x=x, weight=weight)
     bias = V.as_bool(bias, "bias")
+    input_grad = V.as_bool(input_grad, "input_grad")
     x4, unbatched = _batched(x, "conv2d_backward")
     s, p, d, g, yshape = _conv_args(x4, weight, stride, padding, dilation, groups)
     dy4 = grad_out.reshape((1,) + tuple(grad_out.shape)) if unbatched and grad_out.ndim == 3 else grad_out
@@ -140,8 +144,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         raise ValueError(f"conv2d_backward: grad_out has shape {V.shape_str(grad_out.shape)}, "
                          f"expected {V.shape_str(want)}")
     be = _backend.for_arrays(grad_out, x, weight)
-    gx, gw, gb = be.conv2d_backward(_contig(dy4), _contig(x4), _contig(weight), s, p, d, g, bias)
-    return (gx[0] if unbatched else gx), gw, gb
+    gx, gw, gb = be.conv2d_backward(_contig(dy4), _contig(x4), _contig(weight), s, p, d, g, bias, input_grad)
+    return (gx[0] if unbatched and gx is not None else gx), gw, gb
 
 
 # ---------------------------------------------------------------------------- pooling

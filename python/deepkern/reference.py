@@ -85,13 +85,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True):
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                    input_grad=True):
     """Gradients of conv2d with respect to x, weight and bias.
 
     grad_weight[o, c, i, j] = sum_{n, oh, ow} grad_out[n, o, oh, ow] * xpad[n, gC/G + c, oh*sh + i*dh, ...]
     grad_bias[o]            = sum_{n, oh, ow} grad_out[n, o, oh, ow]
     grad_x: every window position sends grad_out * weight back to the input taps it read.
-    Returns (grad_x, grad_weight, grad_bias); grad_bias is None when bias=False.
+    Returns (grad_x, grad_weight, grad_bias); grad_bias is None when bias=False, grad_x
+    None when input_grad=False.
     """
     (sh, sw), (ph, pw), (dh, dw), G = _pair(stride), _pair(padding), _pair(dilation), groups
     N, C, H, W = x.shape
@@ -104,6 +106,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 
     grad_w = np.einsum("ngohw,ngchwij->gocij", dy, win, optimize=True).reshape(weight.shape)
     grad_b = grad_out.sum(axis=(0, 2, 3)) if bias else None
+    if not input_grad:
+        return (None, np.ascontiguousarray(grad_w, dtype=x.dtype),
+                None if grad_b is None else np.ascontiguousarray(grad_b, dtype=x.dtype))
 
     # The gradient of every window tap, then added back where the tap came from.
     dwin = np.einsum("ngohw,gocij->ngchwij", dy, wg, optimize=True).reshape(N, C, OH, OW, KH, KW)

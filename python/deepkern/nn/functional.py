@@ -36,6 +36,7 @@ import numbers
 
 import numpy as np
 
+from .. import _C, _backend
 from .. import _validate as V
 from ._array import array_module
 
@@ -173,8 +174,30 @@ def _forward_indices(logits, y, reduction, eps):
     return total * scale, ("indices", e, se, y, eps, scale)
 
 
+def _forward_fused(logits, targets, weight, reduction, eps):
+    """The cpu backend's one-pass kernel (csrc/cpu/loss.cpp) for the common case: NumPy
+    logits, class indices, no class weights, 'mean' or 'sum'. It computes the loss and the
+    gradient together (the formulas of _forward_indices); None when it does not apply (then
+    nothing was computed and the general path below decides, errors included)."""
+    if (weight is not None or reduction == "none" or type(logits) is not np.ndarray
+            or type(targets) is not np.ndarray or logits.dtype not in V.FLOAT_DTYPES
+            or logits.ndim != 2 or targets.dtype.kind not in "iu" or _backend.current() == "numpy"):
+        return None
+    N, C = logits.shape
+    if targets.shape != (N,) or N == 0 or C == 0 or not logits.flags.c_contiguous or not logits.flags.aligned:
+        return None
+    y = np.ascontiguousarray(targets, dtype=np.int64)
+    grad = np.empty_like(logits)
+    scale = 1.0 / N if reduction == "mean" else 1.0
+    loss = _C.cross_entropy_indices(grad, logits, y, eps, scale)
+    return None if loss is None else (loss, ("grad", grad))
+
+
 def _forward(logits, targets, weight, ignore_index, reduction, eps):
     """loss (float, or (N,) array for 'none') and what the backward needs."""
+    fused = _forward_fused(logits, targets, weight, reduction, eps)
+    if fused is not None:
+        return fused
     if _plain_indices(logits, targets, weight, reduction):
         return _forward_indices(logits, targets, reduction, eps)
     a, denom = _targets_matrix(logits, targets, weight, ignore_index, eps)
@@ -196,6 +219,10 @@ def _forward(logits, targets, weight, ignore_index, reduction, eps):
 
 def _backward(saved, grad_output):
     """d loss / d logits = (p * sum_c a - a) * scale * grad_output (see the module doc)."""
+    if saved[0] == "grad":                                          # computed by _forward_fused
+        g = saved[1]
+        go = 1.0 if grad_output is None else V.as_float(grad_output, "grad_output")
+        return g.copy() if go == 1.0 else g * g.dtype.type(go)    # a fresh array every call
     if saved[0] == "indices":                                       # see _forward_indices
         _, e, se, y, eps, scale = saved
         g = e / se

@@ -120,7 +120,8 @@ class Conv2d(Module):
     weight: (out_channels, in_channels / groups, KH, KW); bias: (out_channels,) or None.
     Default init: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in =
     in_channels / groups * KH * KW (PyTorch's). ``padding`` may be an int, a pair,
-    "valid" or "same" (stride 1, even total padding).
+    "valid" or "same" (stride 1, even total padding). With ``needs_input_grad = False``
+    (see Module) backward computes only the parameters' gradients and returns None.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -201,8 +202,9 @@ class Conv2d(Module):
             raise _no_forward(self)
         x, w, args = self._saved
         has_bias = self.bias is not None
+        # needs_input_grad False (a first layer): the weight gradient only; gx is None
         gx, gw, gb = _run(self, "_bkey", _grad_key(self, grad_out), "conv2d_backward", grad_out, x, w, *args,
-                          has_bias)
+                          has_bias, bool(self.needs_input_grad))
         _add_grad(self.weight, gw)
         if has_bias:
             _add_grad(self.bias, gb)
@@ -628,7 +630,7 @@ class Linear(Module):
             _add_grad(self.weight, xp.matmul(g2.T, x.reshape(-1, self.in_features)))
         if self.bias is not None and self.bias.requires_grad:
             _add_grad(self.bias, g2.sum(axis=0))
-        return xp.matmul(g, w)
+        return xp.matmul(g, w) if self.needs_input_grad else None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -56,7 +56,16 @@ class Module:
     Attributes:
       training   True after ``train()`` (the default), False after ``eval()``; layers whose
                  behavior differs (BatchNorm, Dropout) read it.
+      needs_input_grad
+                 True (the default): ``backward`` returns the gradient with respect to the
+                 input. False: nobody will read it (the first layer of a model, whose input
+                 is the data), so a layer may skip computing it and return None; Conv2d and
+                 Linear do (for a first convolution that is most of its backward). A
+                 deepkern addition: PyTorch's autograd knows this from the input's
+                 ``requires_grad``. On a Sequential it is the flag of its first layer.
     """
+
+    needs_input_grad = True
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -447,6 +456,17 @@ class Sequential(Module):
         _ = self[idx]                               # the same index checks as reading
         name = list(self._modules)[idx]
         setattr(self, name, module)
+
+    @property
+    def needs_input_grad(self):
+        """The first layer's flag (see Module): whether backward must return the input gradient."""
+        return self._seq[0].needs_input_grad if self._seq else True
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value):
+        if not self._seq:
+            raise ValueError("needs_input_grad of an empty Sequential: add its layers first")
+        self._seq[0].needs_input_grad = V.as_bool(value, "needs_input_grad")
 
     def __len__(self):
         return len(self._modules)
