@@ -21,7 +21,7 @@ import deepkern
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
-from simd_isas import available_isas, isa
+from simd_isas import available_isas, isa, run_with_every_job_split
 from tolerances import tol
 
 
@@ -138,6 +138,11 @@ EDGES = {
     "5x5 pad 2": case(2, 9, 14, 12, 12, 5, 5, padding=(2, 2)),
     "wide plane (several pixel tiles, row tail)": case(1, 3, 8, 5, 70, 3, 3, padding=(1, 1)),
     "many output channels (channel-vector tails)": case(2, 4, 70, 6, 6, 3, 3, padding=(1, 1)),
+    # planes of fewer pixels than a micro-kernel tile: tiles span several samples
+    "digits conv2 (4x4 planes, tiles across samples)": case(9, 16, 32, 4, 4, 3, 3, padding=(1, 1)),
+    "digits conv1 (8x8 planes, 1 channel)": case(5, 1, 16, 8, 8, 3, 3, padding=(1, 1)),
+    "5x5 planes (tiles across samples, vector tails)": case(5, 6, 7, 5, 5, 3, 3, padding=(1, 1)),
+    "2x2 planes (8 samples per tile on AVX2)": case(11, 5, 9, 2, 2, 3, 3, padding=(1, 1)),
 }
 
 
@@ -149,7 +154,9 @@ def test_edge_shapes(name, isa_name):
 
 
 @pytest.mark.parametrize("kc", [1, 5, 64])
-@pytest.mark.parametrize("name", ["suite c2 (same 3x3)", "stride 2 odd sizes", "valid 3x3 (narrower output)"])
+@pytest.mark.parametrize("name", ["suite c2 (same 3x3)", "stride 2 odd sizes", "valid 3x3 (narrower output)",
+                                  "digits conv2 (4x4 planes, tiles across samples)",
+                                  "5x5 planes (tiles across samples, vector tails)"])
 def test_k_blocks(name, kc):
     """The reduction split into K blocks (the output tile reloaded and accumulated), and the
     weight gradient summed one sample at a time (N = 19: several samples per chunk)."""
@@ -158,7 +165,9 @@ def test_k_blocks(name, kc):
 
 
 @pytest.mark.parametrize("name", ["suite c4 (8x8 planes)", "stride 2 odd sizes", "groups 4", "depthwise",
-                                  "many output channels (channel-vector tails)"])
+                                  "many output channels (channel-vector tails)",
+                                  "digits conv2 (4x4 planes, tiles across samples)",
+                                  "5x5 planes (tiles across samples, vector tails)"])
 def test_thread_count_invariance(name):
     """Bitwise identical results on 1, 2, 3 and 5 threads, including the weight-gradient sums."""
     c = dict(EDGES[name], N=7)
@@ -229,3 +238,32 @@ def test_conv2d_relu_validates_like_conv2d():
         F.conv2d_relu(x, w, np.zeros(3, np.float32))
     with pytest.raises(TypeError):
         F.conv2d_relu(x, w.astype(np.float64))
+
+
+SPLIT_EVERYTHING = """
+import numpy as np, deepkern, deepkern.functional as F
+from deepkern import _C
+rng = np.random.default_rng(2)
+out = {}
+for isa in %(isas)r:
+    _C.set_isa(isa)
+    for (N, C, OC, H, W) in ((9, 16, 32, 4, 4), (7, 1, 16, 8, 8), (5, 6, 7, 5, 5), (11, 5, 9, 2, 2)):
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = rng.standard_normal((OC, C, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(OC).astype(np.float32)
+        res = []
+        for t in (1, 2, 3, 5):
+            deepkern.set_num_threads(t)
+            y = F.conv2d(x, w, b, padding=1)
+            res.append((y,) + F.conv2d_backward(y, x, w, padding=1, bias=True))
+        for r in res[1:]:
+            for a, e in zip(r, res[0]):
+                assert a.tobytes() == e.tobytes(), (isa, N, C, OC, H, W)
+print("ok")
+"""
+
+
+def test_thread_count_invariance_of_small_jobs():
+    """Small jobs run on one thread (csrc/cpu/threading.h); with DEEPKERN_PARALLEL_MIN_NS=0 they
+    are split like large ones, and the results must not change with the thread count."""
+    run_with_every_job_split(SPLIT_EVERYTHING)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
-from simd_isas import available_isas, isa
+from simd_isas import available_isas, isa, run_with_every_job_split
 from tolerances import tol
 
 
@@ -114,6 +114,37 @@ def test_max_pool_2x2_stride_2(isa_name, c, seed):
     assert_close(gx, R.max_pool2d_backward(f64(dy), ridx, x.shape), 1e-6, 1e-6, "grad_x")
 
 
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (64, 32, 4, 4), (3, 5, 2, 2), (7, 3, 16, 16), (2, 3, 6, 8),
+                                   (1, 1, 2, 2), (5, 3, 4, 2), (3, 7, 130, 2), (2, 5, 10, 4), (1, 3, 12, 16)])
+def test_max_pool_2x2_narrow_planes(isa_name, shape):
+    """Planes narrower than a vector (OW = 1, 2, 4, 8), pooled in groups of row pairs across
+    row and plane boundaries: totals that are not a multiple of the vector, index patterns
+    that repeat over several vectors (OH = 3, 5, 6), one longer than the table (OH = 65: the
+    row-by-row code), ties, NaN and -inf; the backward pass against the scatter-add, and with
+    an index of another window (the generic path redoes it)."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, max(1, flat.size // 9))] = np.nan
+    flat[rng.integers(0, flat.size, max(1, flat.size // 9))] = -np.inf
+    with isa(isa_name):
+        y, idx = F.max_pool2d(x, 2, 2)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dy.reshape(-1)[::5] = -0.0
+        gx = F.max_pool2d_backward(dy, idx, x.shape)
+    ry, ridx = R.max_pool2d(x, 2, 2)
+    assert_bitwise(y, ry, "y")
+    assert_bitwise(idx, ridx, "indices")
+    want = R.max_pool2d_backward(dy, ridx, x.shape)
+    assert_bitwise(gx, want + np.float32(0), "grad_x")        # (+0.0: the scatter adds to zeros)
+    bad = idx.copy()
+    bad.reshape(-1)[-1] = 0 if bad.reshape(-1)[-1] != 0 else 1
+    with isa(isa_name):
+        gx = F.max_pool2d_backward(dy, bad, x.shape)
+    assert_close(gx, R.max_pool2d_backward(f64(dy), bad, x.shape), 1e-6, 1e-6, "grad_x, foreign index")
+
+
 # ---------------------------------------------------------------------------------- avg pool
 
 @st.composite
@@ -151,6 +182,31 @@ def test_avg_pool_stride_1(isa_name, c, seed):
         assert_bitwise(gx, F.avg_pool2d_backward(dy, x.shape, **kw), "grad_x vs the portable loops")
 
 
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("W", [1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65])
+def test_avg_pool_3x3_pad_1_register_planes(isa_name, W):
+    """The 3x3 / stride 1 / padding 1 window on planes up to 4 vectors wide (whole planes in
+    registers, layers_fast.h box3_plane): every width class around the vector widths, 1-row and
+    3-row planes, both divisor rules, -0.0 / inf / NaN inputs; bitwise the portable loops."""
+    rng = np.random.default_rng(W)
+    for H in (1, 3, 6):
+        x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = [-0.0, np.inf, np.nan]
+        for cip in (True, False):
+            kw = dict(kernel_size=3, stride=1, padding=1, count_include_pad=cip)
+            with isa(isa_name):
+                y = F.avg_pool2d(x, **kw)
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+                dy.reshape(-1)[rng.integers(0, dy.size, 2)] = [-0.0, np.inf]
+                gx = F.avg_pool2d_backward(dy, x.shape, **kw)
+            with isa("scalar"):
+                assert_bitwise(y, F.avg_pool2d(x, **kw), f"y H={H} cip={cip}")
+                assert_bitwise(gx, F.avg_pool2d_backward(dy, x.shape, **kw), f"grad_x H={H} cip={cip}")
+            finite = np.isfinite(x).all(axis=(2, 3), keepdims=True)
+            t = tol("avg_pool2d", np.float32)
+            assert_close(np.where(finite, y, 0), np.where(finite, R.avg_pool2d(f64(x), **kw), 0), *t, what="y")
+
+
 # ---------------------------------------------------------------------------------- batch norm
 
 @pytest.mark.parametrize("isa_name", ISAS)
@@ -175,6 +231,31 @@ def test_batch_norm(isa_name, shape, training):
     assert_close(rv, rv2, *t, what="running_var")
     want = R.batch_norm_backward(*f64(dy, x, w, sm, si), training)
     for g, r, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+def test_batch_norm_long_runs_in_memory_order(isa_name):
+    """Channels of > 256 KB in runs of >= 1 KB (the training forward then makes two passes in
+    memory order instead of channel blocks, layers_fast.h): against the reference, run lengths
+    that are not a multiple of the vector width, and the same bits on 1, 2 and 3 threads."""
+    rng = np.random.default_rng(31)
+    x = (rng.standard_normal((66, 3, 17, 61)) * 3 + 2).astype(np.float32)
+    w, b = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    res = []
+    with isa(isa_name):
+        for t in (1, 2, 3):
+            with num_threads(t):
+                y, sm, si = F.batch_norm(x, w, b, None, None, True)
+                res.append([y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True)])
+    for r in res[1:]:
+        for k, (g, e) in enumerate(zip(r, res[0])):
+            assert_bitwise(g, e, f"output {k}")
+    ry, _, _ = R.batch_norm(f64(x), *f64(w, b), None, None, True, 0.1, 1e-5)
+    assert_close(res[0][0], ry, *tol("batch_norm", np.float32), what="y")
+    want = R.batch_norm_backward(*f64(dy, x, w, res[0][1], res[0][2]), True)
+    for g, r, name in zip(res[0][3:], want, ("grad_x", "grad_weight", "grad_bias")):
         assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
 
 
@@ -222,3 +303,63 @@ def test_max_pool_backward_with_foreign_indices(isa_name):
     bad[0, 0, 0, 0] = 8 * 34
     with isa(isa_name), pytest.raises(ValueError, match="outside its input plane"):
         F.max_pool2d_backward(dy, bad, x.shape)
+
+
+# ---------------------------------------------------------------------------------- page faults
+
+LARGE_OUTPUT_PROBE = """
+import resource, numpy as np, deepkern.functional as F
+x = np.ones((64, 64, 32, 32), np.float32)           # 16 MiB: beyond glibc's default mmap threshold
+for _ in range(3):
+    F.relu(x)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    F.relu(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_large_outputs_reuse_mapped_memory():
+    """A 16 MiB output allocated per call is not a fresh mmap each time (deepkern/_cpu.py sets
+    M_MMAP_THRESHOLD with M_TOP_PAD): measured 520 page faults per call before, 0 after."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", LARGE_OUTPUT_PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 16, f"{out.stdout.strip()} page faults per 16 MiB relu call"
+
+
+SPLIT_EVERYTHING = """
+import numpy as np, deepkern, deepkern.functional as F
+from deepkern import _C
+rng = np.random.default_rng(5)
+for isa in %(isas)r:
+    _C.set_isa(isa)
+    for shape in ((64, 16, 8, 8), (64, 32, 4, 4), (9, 5, 7, 6), (33, 20), (6, 10, 13, 17)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        C = shape[1]
+        w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+        res = []
+        for t in (1, 2, 3, 5):
+            deepkern.set_num_threads(t)
+            y, sm, si = F.batch_norm(x, w, b, None, None, True)
+            out = [y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True), F.relu(x), F.relu_backward(dy, x)]
+            out += list(F.dropout(x, 0.3, seed=4))
+            if len(shape) == 4 and shape[2] > 1:
+                yp, idx = F.max_pool2d(x, 2, 2)
+                out += [yp, idx, F.max_pool2d_backward(yp, idx, x.shape)]
+                out += [F.avg_pool2d(x, 3, 1, 1), F.avg_pool2d_backward(dy, x.shape, 3, 1, 1)]
+            res.append(out)
+        for r in res[1:]:
+            for k, (a, e) in enumerate(zip(r, res[0])):
+                assert a.tobytes() == e.tobytes(), (isa, shape, k)
+print("ok")
+"""
+
+
+def test_thread_count_invariance_of_small_jobs():
+    """Small jobs run on one thread (csrc/cpu/threading.h); with DEEPKERN_PARALLEL_MIN_NS=0 they
+    are split like large ones, and the results must not change with the thread count."""
+    run_with_every_job_split(SPLIT_EVERYTHING)

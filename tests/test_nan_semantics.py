@@ -7,8 +7,8 @@
   their divisor excludes the overhang;
 - batch_norm: a constant channel normalizes to exactly bias (finite), even for huge constants;
   large means (1e3..1e5) keep the variance to 1e-4 relative (RELIABILITY.md Part B's cases);
-- relu: NaN stays NaN; relu_backward gives 0 where y is NaN (y > 0 is false), where PyTorch
-  passes the gradient through (its test is y <= 0);
+- relu: NaN stays NaN; relu_backward zeroes the gradient where y <= 0 and passes it elsewhere,
+  so a NaN y passes it through (PyTorch's threshold_backward);
 - dropout: NaN stays NaN where kept and where dropped (0 * NaN), p = 1 gives zeros even there.
 - batch_norm: a channel holding NaN has NaN statistics (and running_var); in eval mode the
   input gradient is weight * invstd * dy whatever x holds (an infinite x gives no NaN).
@@ -122,7 +122,7 @@ def test_relu_nan(dtype):
     y = F.relu(x)
     assert np.isnan(y[0]) and y[1] == 0 and y[2] == np.inf and y[4] == 1
     g = F.relu_backward(np.ones_like(x), y)
-    assert g.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]               # y = NaN: 0 (PyTorch: 1)
+    assert g.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]               # y = NaN: passed (as PyTorch)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

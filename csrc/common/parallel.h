@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
-#include <mutex>
 
 #ifdef DEEPKERN_HAS_OPENMP
 #include <omp.h>
@@ -26,7 +25,10 @@ bool has_openmp();
 // Run f(begin, end) over [0, n) in chunks of `grain` (the last one shorter), spread over the
 // configured threads. Chunk boundaries depend only on n and grain. An exception thrown by f
 // is captured and rethrown on the calling thread after the loop (OpenMP forbids letting it
-// escape a parallel region).
+// escape a parallel region). The capture uses an OpenMP critical section, not std::mutex:
+// parallel_for is instantiated in the -mavx2/-mavx512f files too, and std::mutex::lock (an
+// inline function, emitted as a weak symbol there) could then be the copy the linker keeps for
+// baseline code (.ci/check_isa_symbols.sh).
 template <class F>
 void parallel_for(int64_t n, int64_t grain, const F& f) {
   if (n <= 0) return;
@@ -39,14 +41,13 @@ void parallel_for(int64_t n, int64_t grain, const F& f) {
   }
 #ifdef DEEPKERN_HAS_OPENMP
   std::exception_ptr err = nullptr;
-  std::mutex err_mutex;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t c = 0; c < nchunks; ++c) {
     try {
       const int64_t b = c * grain;
       f(b, std::min(n, b + grain));
     } catch (...) {
-      std::lock_guard<std::mutex> lock(err_mutex);
+#pragma omp critical(dk_parallel_for_error)
       if (!err) err = std::current_exception();
     }
   }

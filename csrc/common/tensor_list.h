@@ -23,7 +23,9 @@
 // contiguous stream that the hardware prefetchers can follow.
 #pragma once
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "common/parallel.h"
@@ -33,17 +35,44 @@ namespace dk {
 constexpr int64_t kPartAlign = 64;          // elements; a multiple of every vector width
 constexpr int64_t kMinPartElems = 1 << 15;  // below this per thread, fewer threads are faster
 
+// The vectors below take an allocator tagged with a type of the including file's namespace
+// (List<T, Tag>). Code compiled with -mavx2 / -mavx512f includes this header too, and every
+// std::vector<int64_t> member it instantiated would be a weak symbol the linker may hand to
+// baseline code; with the tag in the type, each ISA's instantiations have names of their own
+// (.ci/check_isa_symbols.sh).
+template <class T, class Tag>
+struct TaggedAllocator {
+  using value_type = T;
+  TaggedAllocator() noexcept = default;
+  template <class U>
+  TaggedAllocator(const TaggedAllocator<U, Tag>&) noexcept {}
+  template <class U>
+  struct rebind {
+    using other = TaggedAllocator<U, Tag>;
+  };
+  T* allocate(size_t n) {  // (not std::allocator<T>: its members would be shared symbols again)
+    if (n > size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t) noexcept { ::operator delete(p); }
+  friend bool operator==(const TaggedAllocator&, const TaggedAllocator&) noexcept { return true; }
+  friend bool operator!=(const TaggedAllocator&, const TaggedAllocator&) noexcept { return false; }
+};
+template <class T, class Tag>
+using List = std::vector<T, TaggedAllocator<T, Tag>>;
+
 // offsets[t] = sum of sizes[0..t), offsets[count] = total (int64 throughout).
-inline std::vector<int64_t> prefix_offsets(const int64_t* sizes, int64_t count) {
-  std::vector<int64_t> off(static_cast<size_t>(count) + 1, 0);
+template <class Tag>
+List<int64_t, Tag> prefix_offsets(const int64_t* sizes, int64_t count) {
+  List<int64_t, Tag> off(static_cast<size_t>(count) + 1, 0);
   for (int64_t t = 0; t < count; ++t) off[t + 1] = off[t] + sizes[t];
   return off;
 }
 
 // Call f(t, begin, end) for every non-empty piece [begin, end) of tensor t (local element
 // indices), each piece exactly once, spread over the configured threads as described above.
-template <class F>
-void for_each_part(const std::vector<int64_t>& off, const F& f) {
+template <class Offsets, class F>
+void for_each_part(const Offsets& off, const F& f) {
   const int64_t count = static_cast<int64_t>(off.size()) - 1;
   const int64_t total = off.back();
   if (total <= 0) return;
@@ -76,8 +105,9 @@ struct Block {
 
 constexpr int64_t kBlock = 1 << 16;
 
-inline std::vector<Block> make_blocks(const int64_t* sizes, int64_t count) {
-  std::vector<Block> blocks;
+template <class Tag>
+List<Block, Tag> make_blocks(const int64_t* sizes, int64_t count) {
+  List<Block, Tag> blocks;
   for (int64_t t = 0; t < count; ++t)
     for (int64_t b = 0; b < sizes[t]; b += kBlock) blocks.push_back({t, b, std::min(sizes[t], b + kBlock)});
   return blocks;
@@ -86,9 +116,9 @@ inline std::vector<Block> make_blocks(const int64_t* sizes, int64_t count) {
 // partial[i] = g(blocks[i]), the blocks spread over at most one thread per kMinPartElems
 // elements (a small reduction runs inline: waking a sleeping thread costs more than it);
 // the caller folds the partials in block order, so the grouping never changes the result.
-template <class R, class G>
-std::vector<R> map_blocks(const std::vector<Block>& blocks, const G& g) {
-  std::vector<R> partial(blocks.size());
+template <class R, class Tag, class G>
+List<R, Tag> map_blocks(const List<Block, Tag>& blocks, const G& g) {
+  List<R, Tag> partial(blocks.size());
   const int64_t nb = static_cast<int64_t>(blocks.size());
   int64_t total = 0;
   for (const Block& b : blocks) total += b.end - b.begin;

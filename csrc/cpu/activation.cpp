@@ -1,7 +1,7 @@
 // activation.cpp: ReLU forward and backward, element-wise over any shape.
 //
 //   y  = x < 0 ? 0 : x        (NaN propagates, as in PyTorch)
-//   dx = y > 0 ? dy : 0
+//   dx = y <= 0 ? 0 : dy      (PyTorch's threshold_backward: a NaN y passes dy through)
 #include <type_traits>
 
 #include "common/parallel.h"
@@ -34,7 +34,7 @@ void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
     const T* __restrict yi = y;
     T* __restrict dxi = dx;
 #pragma omp simd
-    for (int64_t i = b; i < e; ++i) dxi[i] = yi[i] > T(0) ? dyi[i] : T(0);
+    for (int64_t i = b; i < e; ++i) dxi[i] = yi[i] <= T(0) ? T(0) : dyi[i];
   });
 }
 

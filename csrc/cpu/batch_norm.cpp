@@ -23,11 +23,9 @@
 // Two schedules of the same math:
 //  - portable (float64, CPUs without AVX2): channel by channel, both passes per channel (its
 //    N*HW values are then still in L2 for the second);
-//  - float32 with AVX2/AVX-512 (layers_fast.h): each pass over all of a thread's channels
-//    in memory order (sample by sample: contiguous blocks), the per-channel scalars in
-//    between. Writing the output channel by channel touches N separate 4 KB blocks 256 KB
-//    apart (for 64 x 64 x 32 x 32), and those write-allocate misses made the
-//    normalization 2x slower than writing in memory order (bench/NOTES.md).
+//  - float32 with AVX2/AVX-512 (layers_fast.h): blocks of channels small enough to stay in L2
+//    between the two passes, the sums in float with pairwise blocks folded into double; the
+//    per-channel math below runs between the passes through a callback (BnChannelStep).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -117,26 +115,32 @@ double channel_shift(const T* x, int64_t c, const BatchNormParams& p) {
   return p.N * p.HW > 0 ? static_cast<double>(x[c * p.HW]) : 0.0;
 }
 
-// ---- float32 schedule: each pass over all channels in memory order (layers_fast.h)
+// ---- float32 schedule (layers_fast.h): the per-channel steps it calls back between its passes
+
+struct TrainStep {  // (s1, s2) -> save_mean, save_invstd, running stats; coef = mean, scale, shift
+  float *save_mean, *save_invstd, *running_mean, *running_var;
+  const float *w, *b, *K;
+  int64_t M;
+  double momentum, eps;
+  static void run(void* ctx, int64_t c, double s1, double s2, float coef[3]) {
+    const TrainStep& t = *static_cast<const TrainStep*>(ctx);
+    const ChannelStats st = channel_stats(t.K[c], s1, s2, t.M, t.eps);
+    t.save_mean[c] = static_cast<float>(st.mean);
+    t.save_invstd[c] = static_cast<float>(st.invstd);
+    update_running(t.running_mean, t.running_var, c, st, t.M, t.momentum);
+    coef[0] = static_cast<float>(st.mean);
+    coef[1] = static_cast<float>(st.invstd * (t.w ? static_cast<double>(t.w[c]) : 1.0));
+    coef[2] = static_cast<float>(t.b ? static_cast<double>(t.b[c]) : 0.0);
+  }
+};
 
 void forward_train_fast(float* y, float* save_mean, float* save_invstd, float* running_mean,
                         float* running_var, const float* x, const float* w, const float* b,
                         const BatchNormParams& p) {
-  const int64_t M = p.N * p.HW, C = p.C;
-  std::vector<double> K(C), s1(C), s2(C);
-  for (int64_t c = 0; c < C; ++c) K[c] = channel_shift(x, c, p);
-  DK_TRY_FAST(batch_norm_stats_f32, x, p, K.data(), s1.data(), s2.data());
-  std::vector<float> mean(C), scale(C), shift(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const ChannelStats st = channel_stats(K[c], s1[c], s2[c], M, p.eps);
-    save_mean[c] = static_cast<float>(st.mean);
-    save_invstd[c] = static_cast<float>(st.invstd);
-    update_running(running_mean, running_var, c, st, M, p.momentum);
-    mean[c] = static_cast<float>(st.mean);
-    scale[c] = static_cast<float>(st.invstd * (w ? static_cast<double>(w[c]) : 1.0));
-    shift[c] = static_cast<float>(b ? static_cast<double>(b[c]) : 0.0);
-  }
-  DK_TRY_FAST(batch_norm_affine_f32, y, x, p, mean.data(), scale.data(), shift.data());
+  std::vector<float> K(p.C);
+  for (int64_t c = 0; c < p.C; ++c) K[c] = static_cast<float>(channel_shift(x, c, p));
+  TrainStep t{save_mean, save_invstd, running_mean, running_var, w, b, K.data(), p.N * p.HW, p.momentum, p.eps};
+  DK_TRY_FAST(batch_norm_train_f32, y, x, p, K.data(), BnChannelStep{&TrainStep::run, &t});
 }
 
 }  // namespace
@@ -197,19 +201,16 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
     return grad_coefs(w ? static_cast<double>(w[c]) : 1.0, invstd, sdy, sdyx, M, training);
   };
   if constexpr (std::is_same_v<T, float>) {
-    if (has_fast_layers()) {
-      std::vector<double> mean(C), sdy(C), sdyx(C);
-      for (int64_t c = 0; c < C; ++c) mean[c] = save_mean[c];
-      DK_TRY_FAST(batch_norm_grad_sums_f32, dy, x, p, mean.data(), sdy.data(), sdyx.data());
-      std::vector<float> k(C), kx(C), k0(C);
-      for (int64_t c = 0; c < C; ++c) {
-        const GradCoefs g = finish(c, sdy[c], sdyx[c]);
-        k[c] = static_cast<float>(g.k);
-        kx[c] = static_cast<float>(g.kx);
-        k0[c] = static_cast<float>(g.k0);
-      }
-      DK_TRY_FAST(batch_norm_grad_apply_f32, dx, dy, training ? x : nullptr, p, save_mean, k.data(),
-                  kx.data(), k0.data());
+    if (has_fast_layers()) {  // the same per-channel step, called back between the two passes
+      using Finish = decltype(finish);
+      const BnChannelStep step{[](void* ctx, int64_t c, double sdy, double sdyx, float coef[3]) {
+                                 const GradCoefs g = (*static_cast<Finish*>(ctx))(c, sdy, sdyx);
+                                 coef[0] = static_cast<float>(g.k);
+                                 coef[1] = static_cast<float>(g.kx);
+                                 coef[2] = static_cast<float>(g.k0);
+                               },
+                               &finish};
+      DK_TRY_FAST(batch_norm_backward_f32, dx, dy, x, p, save_mean, !training, step);
       return;
     }
   }

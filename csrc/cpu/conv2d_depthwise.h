@@ -97,7 +97,7 @@ inline void backward_input_depthwise(float* dx, const float* dy, const float* w,
   const FlatInput in = flat_input(q);  // stride 1: a copy only for odd widths
   const FlatSpec f = forward_spec(q, in);
   const bool crop = f.width != q.OW;
-  std::vector<float> wf(p.OC * T);  // flipped taps
+  Vec<float> wf(p.OC * T);  // flipped taps
   for (int64_t oc = 0; oc < p.OC; ++oc)
     for (int64_t t = 0; t < T; ++t) wf[oc * T + t] = w[oc * T + (T - 1 - t)];
   parallel_range(p.N * p.C, 1, [&](int64_t i0, int64_t i1) {
@@ -174,7 +174,7 @@ inline void backward_weight_depthwise(float* dw, float* db, const float* dy, con
     std::unique_ptr<Buffer> z, wide;
     if (in.copy) z = std::make_unique<Buffer>(p.N * in.cs);
     if (widen) wide = std::make_unique<Buffer>(p.N * f.Q);
-    std::vector<const float*> xs(p.N), ds(p.N);
+    Vec<const float*> xs(p.N), ds(p.N);
     for (int64_t oc = o0; oc < o1; ++oc) {
       const int64_t c = oc / m;
       for (int64_t n = 0; n < p.N; ++n) {

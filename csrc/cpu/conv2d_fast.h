@@ -43,6 +43,7 @@
 #include "common/params.h"
 #include "cpu/conv2d_algo.h"
 #include "cpu/simd.h"
+#include "cpu/threading.h"
 
 namespace dk::cpu::DK_ISA_NS {
 
@@ -75,12 +76,15 @@ struct Buffer {
 // What happens at the store (the epilogue): add the old C (accumulate, a later K block),
 // or add a per-row bias (first K block); optionally clamp at zero (fused ReLU, last block).
 // The last vector of each row stores only the lanes in tail_bits (plane sizes that are not a
-// multiple of L).
+// multiple of L). With cols set, the NV vectors of a row are not contiguous: vector j of row i
+// goes to cols[j] + i*ldc, its lanes in tails[j] (tiles spanning several small planes).
 struct Epilogue {
   bool accumulate = false;
   const float* bias = nullptr;  // MR values (the rows' output channels) or null
   bool relu = false;
   uint32_t tail_bits = 0xFFFFFFFFu;
+  float* const* cols = nullptr;  // [NV] or null
+  const uint32_t* tails = nullptr;  // [NV] with cols
 };
 
 template <int MR, int NV>
@@ -117,17 +121,19 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
     const V bias = e.bias ? S::set1(e.bias[i]) : S::zero();
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) {
-      const bool last = j == NV - 1 && !full;
+      const bool last = e.cols ? e.tails[j] != 0xFFFFFFFFu : j == NV - 1 && !full;
+      const typename S::M m = e.cols ? S::mask(e.tails[j]) : tail;
+      float* dst = e.cols ? e.cols[j] + i * ldc : ci + j * L;
       V v = acc[i][j];
       if (e.accumulate)
-        v = S::add(v, last ? S::loadm(ci + j * L, tail) : S::load(ci + j * L));
+        v = S::add(v, last ? S::loadm(dst, m) : S::load(dst));
       else
         v = S::add(v, bias);
       if (e.relu) v = S::max(S::zero(), v);  // max(0, v): keeps NaN, as relu does
       if (last)
-        S::storem(ci + j * L, tail, v);
+        S::storem(dst, m, v);
       else
-        S::store(ci + j * L, v);
+        S::store(dst, v);
     }
   }
 }
@@ -192,7 +198,7 @@ struct PackedA {
 inline PackedA pack_weights(const float* w, int64_t G, int64_t rows, int64_t K,
                             float* storage = nullptr) {
   PackedA A(G, rows, K, storage);
-  parallel_for(G * A.nblocks, 1, [&](int64_t b0, int64_t b1) {
+  parallel_work(G * A.nblocks, 0.3 * static_cast<double>(kMR * K), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t g = b / A.nblocks, ob = b % A.nblocks;
       pack_a_rows(A.panel(g, ob), w + (g * rows + ob * kMR) * K, K, A.mr(ob), K);
@@ -221,8 +227,8 @@ struct FlatSpec {
   int64_t T = 0;                // taps
   int64_t rows = 0, width = 0;  // the output grid (width >= the real output width)
   int64_t Q = 0, nvec = 0;      // rows * width pixels, in nvec vectors of L lanes
-  std::vector<int64_t> off;     // [T] input offset of each tap, relative to the output pixel
-  std::vector<uint32_t> bits;   // [nvec][T] lanes whose tap reads a real input pixel
+  Vec<int64_t> off;     // [T] input offset of each tap, relative to the output pixel
+  Vec<uint32_t> bits;   // [nvec][T] lanes whose tap reads a real input pixel
 
   FlatSpec(int64_t T_, int64_t rows_, int64_t width_) : T(T_), rows(rows_), width(width_) {
     Q = rows * width;
@@ -327,6 +333,64 @@ inline void run_flat(float* out, int64_t ldo, const float* in, int64_t cs, const
   }
 }
 
+// The same for planes of fewer than kNV vectors (8x8 and smaller on AVX-512), where a tile of
+// one plane would leave the micro-kernel 1-3 vectors wide (4x4 planes: 6 accumulators, 7 loads
+// per 6 FMAs, latency-bound). A tile instead takes kNV consecutive "virtual vectors"
+// vv = n * nvec + v (vector v < nvec of sample n) across sample boundaries: the B panel packs
+// each from its own sample, and the epilogue stores each to its own sample (Epilogue::cols).
+//   y, ys, ldo: output of the group's first sample, sample stride, channel stride (= f.Q)
+//   x, xs, cs: input of the group's first sample, sample stride, channel stride
+// Tiles [t0, t1) of the group; bp: a B panel buffer of kc * NR floats.
+inline void run_flat_samples(float* y, int64_t ys, int64_t ldo, const float* x, int64_t xs,
+                             int64_t cs, int64_t nsamples, const FlatSpec& f, const PackedA& A,
+                             int64_t g, const float* bias, bool relu, int64_t kc, int64_t t0,
+                             int64_t t1, float* bp) {
+  using S = Simd;
+  constexpr int L = S::L;
+  const int64_t K = A.K, T = f.T, total = nsamples * f.nvec;
+  for (int64_t tile = t0; tile < t1; ++tile) {
+    const int64_t vv0 = tile * kNV;
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, total - vv0));
+    const float* in[kNV];
+    const uint32_t* mb[kNV];
+    float* out[kNV];
+    uint32_t tails[kNV];
+    for (int j = 0; j < nv; ++j) {
+      const int64_t n = (vv0 + j) / f.nvec, v = (vv0 + j) % f.nvec;
+      in[j] = x + n * xs + v * L;
+      mb[j] = f.bits.data() + v * T;
+      out[j] = y + n * ys + v * L;
+      tails[j] = low_bits(f.Q - v * L);
+    }
+    Epilogue e;
+    e.tails = tails;
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = std::min(K, k0 + kc);
+      float* __restrict b = bp;  // pack rows [k0, k1): (c, t) of every virtual vector
+      int64_t c = k0 / T, t = k0 % T;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t o = c * cs + f.off[t];
+        for (int j = 0; j < nv; ++j) S::store(b + j * L, S::loadm(in[j] + o, S::mask(mb[j][t])));
+        b += nv * L;
+        if (++t == T) {
+          t = 0;
+          ++c;
+        }
+      }
+      e.accumulate = k0 > 0;
+      e.relu = relu && k1 == K;
+      for (int64_t ob = 0; ob < A.nblocks; ++ob) {
+        float* cols[kNV];
+        for (int j = 0; j < nv; ++j) cols[j] = out[j] + ob * kMR * ldo;
+        e.cols = cols;
+        e.bias = bias ? bias + ob * kMR : nullptr;
+        const int mr = A.mr(ob);
+        ukernel_for(mr, nv)(k1 - k0, A.panel(g, ob) + k0 * mr, bp, cols[0], ldo, e);  // (c: unused)
+      }
+    }
+  }
+}
+
 // Inverse of split_row: dst[j*s + b] = src_b[j] for every column j*s + b < w.
 inline void merge_row(float* dst, int64_t w, const float* const* src, int64_t s) {
   if (s == 2) {
@@ -380,10 +444,10 @@ struct FlatInput {
   bool copy = false;
   int64_t Hz = 0, width = 0;               // phase plane rows and width
   int64_t cs = 0;                          // channel stride in the buffer the kernel reads
-  std::vector<int64_t> rows, cols;         // the row / column phases a tap reads (copy)
+  Vec<int64_t> rows, cols;                 // the row / column phases a tap reads (copy)
   // Position of a phase in rows / cols. A linear search over at most KH (KW) entries: a table
   // indexed by phase would need `stride` entries, and strides reach 2^31 (hostile but legal).
-  static int64_t slot(const std::vector<int64_t>& v, int64_t phase) {
+  static int64_t slot(const Vec<int64_t>& v, int64_t phase) {
     for (size_t i = 0; i < v.size(); ++i)
       if (v[i] == phase) return static_cast<int64_t>(i);
     return -1;
@@ -418,7 +482,7 @@ inline FlatInput flat_input(const Conv2dParams& p) {
 // Row deinterleave for the phase split: dst[k][j] = src[j*s + cols[k]] for j < width (zero
 // past the source row of length w). Vectorized for s == 2 (the common stride).
 inline void split_row(float* const* dst, int64_t width, const float* src, int64_t w, int64_t s,
-                      const std::vector<int64_t>& cols) {
+                      const Vec<int64_t>& cols) {
   if (s == 2) {
     using S = Simd;
     constexpr int L = S::L;
@@ -444,7 +508,7 @@ inline void split_row(float* const* dst, int64_t width, const float* src, int64_
 inline void make_flat_input(float* z, const float* xg, int64_t cpg, const Conv2dParams& p,
                             const FlatInput& in) {
   const int64_t plane = in.Hz * in.width, nb = static_cast<int64_t>(in.cols.size());
-  std::vector<float*> dst(nb);
+  Vec<float*> dst(nb);
   for (int64_t c = 0; c < cpg; ++c)
     for (size_t ia = 0; ia < in.rows.size(); ++ia)
       for (int64_t i = 0; i < in.Hz; ++i) {
@@ -488,10 +552,25 @@ inline void forward_flat(float* y, const float* x, const float* w, const float* 
   const bool crop = f.width != p.OW;  // computed on a wider grid: crop into y
   const PackedA A = pack_weights(w, p.G, ocpg, K, scratch(7, p.G * ocpg * K));
   kc = kc > 0 ? std::min(kc, K) : choose_kc(K, ocpg);
+  // cost of one NR-pixel tile on one core at ~150 GFLOP/s (the threading threshold)
+  const double tile_ns = 2.0 * static_cast<double>(ocpg * K * kNR) / 150.0;
+  if (!in.copy && !crop && f.nvec < kNV) {  // small planes: tiles across samples
+    const int64_t ntiles = (p.N * f.nvec + kNV - 1) / kNV;
+    parallel_work(p.G * ntiles, tile_ns, [&](int64_t i0, int64_t i1) {
+      float* bp = scratch(0, kc * kNR);
+      for (int64_t it = i0; it < i1;) {  // the tiles of one group at a time
+        const int64_t g = it / ntiles, t0 = it % ntiles, t1 = std::min(ntiles, t0 + (i1 - it));
+        run_flat_samples(y + g * ocpg * f.Q, p.OC * f.Q, f.Q, x + g * cpg * HW, p.C * HW, in.cs, p.N, f, A, g,
+                         b ? b + g * ocpg : nullptr, relu, kc, t0, t1, bp);
+        it += t1 - t0;
+      }
+    });
+    return;
+  }
   const int64_t ntiles = (f.Q + kNR - 1) / kNR;
   const int64_t per_item = in.copy || crop ? ntiles : 1;  // tiles per work item
   const int64_t items = p.N * p.G * (ntiles / per_item);
-  parallel_range(items, 1, [&](int64_t i0, int64_t i1) {
+  parallel_work(items, tile_ns * static_cast<double>(per_item), [&](int64_t i0, int64_t i1) {
     float* bp = scratch(0, kc * kNR);
     float* z = in.copy ? scratch(1, cpg * in.cs) : nullptr;
     float* tmp = crop ? scratch(2, ocpg * f.Q) : nullptr;
@@ -554,10 +633,10 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
     std::unique_ptr<FlatSpec> f;
     PackedA A;
   };
-  std::vector<Phase> ph(nph);
+  Vec<Phase> ph(nph);
   for (int64_t a = 0; a < s_h; ++a)
     for (int64_t b = 0; b < s_w; ++b) {
-      std::vector<std::pair<int64_t, int64_t>> taps;  // (kh, kw) reaching this phase
+      Vec<std::pair<int64_t, int64_t>> taps;  // (kh, kw) reaching this phase
       for (int64_t kh = 0; kh < p.KH; ++kh)
         for (int64_t kw = 0; kw < p.KW; ++kw)
           if (pmod(a + p.ph - kh * p.dh, s_h) == 0 && pmod(b + p.pw - kw * p.dw, s_w) == 0)
@@ -567,7 +646,7 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
       if (Tp == 0) continue;  // no tap reaches this phase: it stays zero
       P.f = std::make_unique<FlatSpec>(Tp, Hd, width);
       const int64_t Ha = (p.H - a + s_h - 1) / s_h, Wb = (p.W - b + s_w - 1) / s_w;
-      std::vector<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
+      Vec<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
       for (int64_t t = 0; t < Tp; ++t) {
         const auto [kh, kw] = taps[t];
         const int64_t eh = (a + p.ph - kh * p.dh) / s_h, ew = (b + p.pw - kw * p.dw) / s_w;
@@ -589,7 +668,7 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
     float* bp = scratch(0, kc * kNR);
     float* tmp = scratch(1, nph * cpg * Qg);
     float* wide = copy ? scratch(2, ocpg * cs) : nullptr;
-    std::vector<const float*> src(s_w);
+    Vec<const float*> src(s_w);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / p.G, g = it % p.G;
       const float* dyg = dy + (n * p.OC + g * ocpg) * OHW;
@@ -770,7 +849,11 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
   }
   const int64_t noct = (ocpg + kNR - 1) / kNR;         // tiles of NR output channels
   const int64_t ocpad = noct * kNR;
-  const int64_t want_items = 8;
+  // Work items: up to 8, but no more than one per kMinNsPerThread of work (at ~150 GFLOP/s):
+  // each chunk costs a partial dw to fold, which small layers do not pay back. A function of
+  // the shape only (never of the thread count), so the sums are the same on any thread count.
+  const double work_ns = 2.0 * static_cast<double>(p.N * Q * K * ocpg * p.G) / 150.0;
+  const int64_t want_items = std::clamp<int64_t>(static_cast<int64_t>(work_ns / kMinNsPerThread), 1, 8);
   const int64_t want_chunks = std::min<int64_t>(p.N, std::max<int64_t>(1, want_items / (p.G * noct)));
   const int64_t per = (p.N + want_chunks - 1) / want_chunks;
   const int64_t nchunks = (p.N + per - 1) / per;  // every chunk holds at least one sample
@@ -780,11 +863,11 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
   const int64_t S = kc_override() ? 1 : std::clamp<int64_t>(l2 / 2 / per_sample, 1, per);
   const int64_t pstride = p.G * (K * ocpad + ocpad);    // one chunk's partial dw and db
   float* partial = scratch(3, nchunks * pstride);
-  parallel_for(nchunks * p.G * noct, 1, [&](int64_t i0, int64_t i1) {
+  parallel_work(nchunks * p.G * noct, work_ns / static_cast<double>(nchunks * p.G * noct), [&](int64_t i0, int64_t i1) {
     float* xpad = scratch(4, S * cpg * plane);
     std::fill(xpad, xpad + S * cpg * plane, 0.f);  // the borders; pad_input writes interiors
     float* dyT = scratch(5, S * Q * kNR);
-    std::vector<const float*> xs(S), bs(S);
+    Vec<const float*> xs(S), bs(S);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t ch = it / (p.G * noct), g = (it / noct) % p.G, ot = it % noct;
       const int64_t oc0 = ot * kNR;
@@ -822,19 +905,37 @@ inline void backward_weight_direct(float* dw, float* db, const float* dy, const 
       }
     }
   });
-  // fold the chunks in order, transposing dwT[k][oc] back to dw[oc][k]
-  parallel_for(p.G * ocpg, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t row = r0; row < r1; ++row) {
-      const int64_t g = row / ocpg, oc = row % ocpg;
-      float* d = dw + row * K;
-      for (int64_t k = 0; k < K; ++k) d[k] = 0.f;
-      float bsum = 0.f;
-      for (int64_t ch = 0; ch < nchunks; ++ch) {
-        const float* pw = partial + ch * pstride + g * (K * ocpad + ocpad);
-        for (int64_t k = 0; k < K; ++k) d[k] += pw[k * ocpad + oc];
-        bsum += pw[K * ocpad + oc];
+  // fold the chunks in order, transposing dwT[k][oc] back to dw[oc][k]: L x L blocks, the
+  // chunks summed lane-wise (0 + chunk 0 + chunk 1 ...), then transposed in registers
+  const int64_t nkt = (K + S_::L - 1) / S_::L, nct = (ocpg + S_::L - 1) / S_::L;
+  parallel_work(p.G * nct * nkt, 0.5 * static_cast<double>(S_::L * S_::L * nchunks), [&](int64_t i0, int64_t i1) {
+    using V = S_::V;
+    constexpr int L = S_::L;
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t g = it / (nct * nkt), oc0 = (it / nkt) % nct * L, k0 = it % nkt * L;
+      const int64_t nk = std::min<int64_t>(L, K - k0), noc = std::min<int64_t>(L, ocpg - oc0);
+      V r[L];
+      for (int i = 0; i < L; ++i) {
+        r[i] = S_::zero();
+        if (i >= nk) continue;
+        for (int64_t ch = 0; ch < nchunks; ++ch)
+          r[i] = S_::add(r[i], S_::load(partial + ch * pstride + g * (K * ocpad + ocpad) + (k0 + i) * ocpad + oc0));
       }
-      if (db) db[row] = bsum;
+      S_::transpose(r);  // r[j]: output channel oc0 + j, lanes k0 ..
+      const typename S_::M m = S_::mask(low_bits(nk));
+      for (int64_t j = 0; j < noc; ++j) {
+        float* d = dw + (g * ocpg + oc0 + j) * K + k0;
+        if (nk == L)
+          S_::store(d, r[j]);
+        else
+          S_::storem(d, m, r[j]);
+      }
+      if (db && k0 == 0) {
+        V s = S_::zero();
+        for (int64_t ch = 0; ch < nchunks; ++ch)
+          s = S_::add(s, S_::load(partial + ch * pstride + g * (K * ocpad + ocpad) + K * ocpad + oc0));
+        S_::storem(db + g * ocpg + oc0, S_::mask(low_bits(noc)), s);
+      }
     }
   });
 }

@@ -9,6 +9,13 @@
 
 namespace dk::cpu {
 
+// Batch norm's per-channel step between its two passes (batch_norm.cpp): from the channel's
+// two sums, the three floats of the element-wise pass (see layers_fast.h).
+struct BnChannelStep {
+  void (*fn)(void* ctx, int64_t c, double sum_a, double sum_b, float coef[3]);
+  void* ctx;
+};
+
 #define DK_LAYERS_FAST_DECL(ns)                                                                  \
   namespace ns {                                                                                 \
   void relu_forward_f32(float* y, const float* x, int64_t n);                                    \
@@ -24,15 +31,13 @@ namespace dk::cpu {
                                const Pool2dParams& p);                                           \
   bool avg_pool2d_forward_f32(float* y, const float* x, const Pool2dParams& p);                  \
   bool avg_pool2d_backward_f32(float* dx, const float* dy, const Pool2dParams& p);               \
-  void batch_norm_stats_f32(const float* x, const BatchNormParams& p, const double* K,          \
-                            double* s1, double* s2);                                             \
+  void batch_norm_train_f32(float* y, const float* x, const BatchNormParams& p, const float* K,  \
+                            BnChannelStep step);                                                 \
   void batch_norm_affine_f32(float* y, const float* x, const BatchNormParams& p,                 \
                              const float* mean, const float* scale, const float* shift);         \
-  void batch_norm_grad_sums_f32(const float* dy, const float* x, const BatchNormParams& p,       \
-                                const double* mean, double* sdy, double* sdyx);                  \
-  void batch_norm_grad_apply_f32(float* dx, const float* dy, const float* x,                     \
-                                 const BatchNormParams& p, const float* mean, const float* k,    \
-                                 const float* kx, const float* k0);                              \
+  void batch_norm_backward_f32(float* dx, const float* dy, const float* x,                       \
+                               const BatchNormParams& p, const float* mean, bool eval,           \
+                               BnChannelStep step);                                              \
   }
 #ifdef DK_HAVE_X86_VARIANTS
 DK_LAYERS_FAST_DECL(avx2)

@@ -28,6 +28,12 @@
 
 namespace dk::cpu::DK_OPTIM_NS {
 
+// The tag of this ISA's vectors (common/tensor_list.h): List<T> instantiations of one ISA are
+// never shared with another's.
+struct IsaTag {};
+template <class T>
+using List = dk::List<T, IsaTag>;
+
 // The arrays a kernel body touches at element index i (null: not used by this configuration).
 template <class T>
 struct Streams {
@@ -287,9 +293,9 @@ void adam_range(const OptimTensor<T>& t, int64_t b, int64_t e) {
 
 template <class T>
 void optim_step(OptimKind kind, const OptimTensor<T>* tensors, int64_t count) {
-  std::vector<int64_t> sizes(static_cast<size_t>(count));
+  List<int64_t> sizes(static_cast<size_t>(count));
   for (int64_t k = 0; k < count; ++k) sizes[k] = tensors[k].n;
-  const std::vector<int64_t> off = prefix_offsets(sizes.data(), count);
+  const List<int64_t> off = prefix_offsets<IsaTag>(sizes.data(), count);
   for_each_part(off, [&](int64_t k, int64_t b, int64_t e) {
     const OptimTensor<T>& t = tensors[k];
     switch (kind) {
@@ -305,7 +311,7 @@ void optim_step(OptimKind kind, const OptimTensor<T>* tensors, int64_t count) {
 template <class T>
 void ema_update(T* const* avg, const T* const* x, const int64_t* n, int64_t count, double decay) {
   const EmaBlend<T> ema(decay);
-  for_each_part(prefix_offsets(n, count), [&](int64_t k, int64_t b, int64_t e) {
+  for_each_part(prefix_offsets<IsaTag>(n, count), [&](int64_t k, int64_t b, int64_t e) {
     const Streams<T> s{avg[k], x[k], nullptr, nullptr, nullptr, nullptr};
     for_each_vector<T>(s, b, e, [&](const Streams<T>& q, int64_t i) { ema(q.p + i, Vec<T>::load(q.g + i)); });
   });
@@ -314,7 +320,7 @@ void ema_update(T* const* avg, const T* const* x, const int64_t* n, int64_t coun
 template <class T>
 void multi_scale(T* const* x, const int64_t* n, int64_t count, double scale) {
   const Vec<T> sc = bcast<T>(scale);
-  for_each_part(prefix_offsets(n, count), [&](int64_t k, int64_t b, int64_t e) {
+  for_each_part(prefix_offsets<IsaTag>(n, count), [&](int64_t k, int64_t b, int64_t e) {
     const Streams<T> s{x[k], nullptr, nullptr, nullptr, nullptr, nullptr};
     for_each_vector<T>(s, b, e, [&](const Streams<T>& q, int64_t i) { (Vec<T>::load(q.p + i) * sc).store(q.p + i); });
   });
@@ -383,8 +389,8 @@ double block_reduce(const T* x, int64_t n, NormMode mode, double p) {
 template <class T>
 double multi_norm_reduce(const T* const* x, const int64_t* n, int64_t count, double p) {
   const NormMode mode = norm_mode(p);
-  const std::vector<Block> blocks = make_blocks(n, count);
-  const std::vector<double> part = map_blocks<double>(blocks, [&](const Block& blk) {
+  const List<Block> blocks = make_blocks<IsaTag>(n, count);
+  const List<double> part = map_blocks<double>(blocks, [&](const Block& blk) {
     return block_reduce<T>(x[blk.tensor] + blk.begin, blk.end - blk.begin, mode, p);
   });
   double r = mode == NormMode::min_abs ? std::numeric_limits<double>::infinity() : 0.0;

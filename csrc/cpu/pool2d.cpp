@@ -9,12 +9,18 @@
 //       idx = ih*W + iw, the flat index into the input plane.
 // avg:  y = sum(window inside the input) / divisor. The window is clipped to the padded
 //       input [-ph, H+ph) (so a ceil_mode overhang never counts); divisor = the clipped size
-//       when count_include_pad, else the number of taps inside the real input.
+//       when count_include_pad, else the number of taps inside the real input. The sum is
+//       separable: +0 plus the window's row sums top to bottom, each +0 plus its taps left to
+//       right, then one division. The vector kernels (layers_fast.h) and the
+//       CUDA kernels add in exactly this order: every path gives the same bits. The backward
+//       pass is a gather in the same order: dx = +0 plus, for the outputs whose window holds
+//       the input, by rows, (+0 plus dy / divisor by columns).
 // Every plane (n, c) is independent: all four kernels parallelize over planes and are
 // serial (hence deterministic) within a plane.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/check.h"
 #include <type_traits>
@@ -119,8 +125,11 @@ void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p) {
         for (int64_t ow = 0; ow < p.OW; ++ow) {
           const AvgWindow a = avg_window(p, oh, ow);
           T s = 0;
-          for (int64_t ih = a.hs; ih < a.he; ++ih)
-            for (int64_t iw = a.ws; iw < a.we; ++iw) s += xp[ih * p.W + iw];
+          for (int64_t ih = a.hs; ih < a.he; ++ih) {
+            T r = 0;
+            for (int64_t iw = a.ws; iw < a.we; ++iw) r += xp[ih * p.W + iw];
+            s += r;
+          }
           yp[oh * p.OW + ow] = a.divisor > 0 ? s / static_cast<T>(a.divisor) : T(0);
         }
       }
@@ -133,18 +142,34 @@ void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p) {
   if constexpr (std::is_same_v<T, float>)
     if (DK_TRY_FAST_IF(avg_pool2d_backward_f32, dx, dy, p)) return;
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
+  // g of every output, then a gather per input element: the outputs whose window
+  // [o*s - pad, o*s - pad + k) holds input i are o in [ceil((i + pad - k + 1) / s), (i + pad) / s]
+  // within [0, O) (clipping a window to the padded input never removes a real row)
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<T> g(OHW);
     for (int64_t q = q0; q < q1; ++q) {
       T* dxp = dx + q * HW;
       const T* dyp = dy + q * OHW;
-      for (int64_t i = 0; i < HW; ++i) dxp[i] = T(0);
-      for (int64_t oh = 0; oh < p.OH; ++oh) {
+      for (int64_t oh = 0; oh < p.OH; ++oh)
         for (int64_t ow = 0; ow < p.OW; ++ow) {
           const AvgWindow a = avg_window(p, oh, ow);
-          if (a.divisor <= 0) continue;
-          const T g = dyp[oh * p.OW + ow] / static_cast<T>(a.divisor);
-          for (int64_t ih = a.hs; ih < a.he; ++ih)
-            for (int64_t iw = a.ws; iw < a.we; ++iw) dxp[ih * p.W + iw] += g;
+          g[oh * p.OW + ow] = a.divisor > 0 ? dyp[oh * p.OW + ow] / static_cast<T>(a.divisor) : T(0);
+        }
+      for (int64_t ih = 0; ih < p.H; ++ih) {
+        const int64_t th = ih + p.ph - p.kh + 1;
+        const int64_t oh0 = th <= 0 ? 0 : (th + p.sh - 1) / p.sh;
+        const int64_t oh1 = std::min((ih + p.ph) / p.sh, p.OH - 1);
+        for (int64_t iw = 0; iw < p.W; ++iw) {
+          const int64_t tw = iw + p.pw - p.kw + 1;
+          const int64_t ow0 = tw <= 0 ? 0 : (tw + p.sw - 1) / p.sw;
+          const int64_t ow1 = std::min((iw + p.pw) / p.sw, p.OW - 1);
+          T s = 0;
+          for (int64_t oh = oh0; oh <= oh1; ++oh) {
+            T r = 0;
+            for (int64_t ow = ow0; ow <= ow1; ++ow) r += g[oh * p.OW + ow];
+            s += r;
+          }
+          dxp[ih * p.W + iw] = s;
         }
       }
     }

@@ -16,10 +16,43 @@
 #endif
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
+#include <vector>
 
 namespace dk::cpu::DK_ISA_NS {
+
+// std::vector for ISA code: Vec<T>. Every member function of a std::vector<float> used here
+// would be emitted as a weak symbol compiled with this file's -m flags, and the linker keeps one
+// copy of each for the whole library: baseline code could end up calling AVX-512 instructions.
+// With an allocator type of this namespace, the ISA is part of every instantiation's name, so
+// none can be shared (.ci/check_isa_symbols.sh checks the object files).
+template <class T>
+struct Allocator {
+  using value_type = T;
+  Allocator() noexcept = default;
+  template <class U>
+  Allocator(const Allocator<U>&) noexcept {}
+  // (vector types and structs holding them are over-aligned: aligned new for those)
+  static constexpr bool kOver = alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__;
+  T* allocate(size_t n) {
+    if (n > size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    if constexpr (kOver) return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(alignof(T))));
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t) noexcept {
+    if constexpr (kOver)
+      ::operator delete(p, std::align_val_t(alignof(T)));
+    else
+      ::operator delete(p);
+  }
+  friend bool operator==(const Allocator&, const Allocator&) noexcept { return true; }
+  friend bool operator!=(const Allocator&, const Allocator&) noexcept { return false; }
+};
+template <class T>
+using Vec = std::vector<T, Allocator<T>>;
 
 // Low n bits set (n clamped to [0, 32]).
 inline uint32_t low_bits(int64_t n) {
@@ -46,9 +79,18 @@ struct Simd {
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  // acc[0..L) += the lanes of v, in double
+  static void add_to_double(double* acc, V v) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
+    _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), hi));
+  }
   // m ? v : 0, and y > 0 ? v : 0 (ordered: NaN in y gives 0)
   static V select(M m, V v) { return _mm512_maskz_mov_ps(m, v); }
   static V select_gt0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_GT_OQ), v); }
+  // y <= 0 ? 0 : v (unordered "not <=": NaN in y keeps v; relu backward's rule)
+  static V zero_le0(V y, V v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero(), _CMP_NLE_UQ), v); }
   // lanes where v > best or v is NaN (the max-pool "take" rule)
   static M gt_or_nan(V v, V best) {
     return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -61,6 +103,7 @@ struct Simd {
   static I iota_i32() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static I add_i32(I a, I b) { return _mm512_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm512_xor_si512(a, b); }
+  static I xor3_i32(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }  // a ^ b ^ c
   static I lt_u32_one(I a, I b) { return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(a, b), 1); }
   static I mul_epu32(I a, I b) { return _mm512_mul_epu32(a, b); }  // even lanes, 64-bit products
   static I mullo_i32(I a, I b) { return _mm512_mullo_epi32(a, b); }
@@ -135,6 +178,9 @@ struct Simd {
   static V shift2(V lo, V hi, int r) {
     return _mm512_permutex2var_ps(lo, _mm512_add_epi32(iota_i32(), _mm512_set1_epi32(r)), hi);
   }
+  // lane j = (lo:hi)[idx[j]], idx[j] in [0, 2L)
+  static V permute2(V lo, I idx, V hi) { return _mm512_permutex2var_ps(lo, idx, hi); }
+  static I loadu_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
   // (lo, hi) = 2L consecutive floats -> their even and odd elements
   static void deinterleave(V lo, V hi, V& even, V& odd) {
     const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -202,8 +248,14 @@ struct Simd {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static void add_to_double(double* acc, V v) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), lo));
+    _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), hi));
+  }
   static V select(M m, V v) { return _mm256_and_ps(_mm256_castsi256_ps(m), v); }
   static V select_gt0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_GT_OQ), v); }
+  static V zero_le0(V y, V v) { return _mm256_and_ps(_mm256_cmp_ps(y, zero(), _CMP_NLE_UQ), v); }
   static M gt_or_nan(V v, V best) {
     return _mm256_castps_si256(_mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   }
@@ -214,6 +266,7 @@ struct Simd {
   static I iota_i32() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static I add_i32(I a, I b) { return _mm256_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I xor3_i32(I a, I b, I c) { return xor_i32(xor_i32(a, b), c); }
   static I lt_u32_one(I a, I b) {  // unsigned a < b: flip the sign bits, compare signed
     const I s = _mm256_set1_epi32(INT32_MIN);
     return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(1));
@@ -280,6 +333,11 @@ struct Simd {
     for (int64_t i = 0; i < count && i < 8; ++i) p[i] = t[i];
   }
 
+  static V permute2(V lo, I idx, V hi) {  // lane j = (lo:hi)[idx[j]], idx[j] in [0, 16)
+    const __m256 from_hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), from_hi);
+  }
+  static I loadu_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static V shift2(V lo, V hi, int r) {  // lanes [r, r + 8) of lo:hi
     const __m256i t = _mm256_add_epi32(iota_i32(), _mm256_set1_epi32(r));
     const __m256i idx = _mm256_and_si256(t, _mm256_set1_epi32(7));

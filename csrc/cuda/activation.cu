@@ -1,7 +1,7 @@
 // activation.cu: ReLU forward and backward on the GPU, element-wise over any shape.
 //
 //   y  = x < 0 ? 0 : x        (NaN propagates, as in PyTorch and the CPU backend)
-//   dx = y > 0 ? dy : 0
+//   dx = y <= 0 ? 0 : dy      (PyTorch's threshold_backward: a NaN y passes dy through)
 // No arithmetic, so the results are bitwise the CPU's. Memory-bound: a grid-stride loop.
 #include <cstdint>
 
@@ -14,7 +14,7 @@ DK_HOST_DEVICE void relu_element(float* y, const float* x, int64_t i) {
 }
 
 DK_HOST_DEVICE void relu_backward_element(float* dx, const float* dy, const float* y, int64_t i) {
-  dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+  dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
 }
 
 }  // namespace dk::cuda::act

@@ -9,11 +9,12 @@
 // Every kernel computes each output element with the same operations in the same order as the
 // CPU loop, so the results are bitwise identical to the CPU backend's, and deterministic:
 //   max forward    one thread per output, the CPU's window loop.
-//   avg forward    one thread per output, the CPU's window loop (sum in row-major order, one
-//                  IEEE division).
-//   avg backward   a gather: one thread per input element adds g = dy / divisor of the outputs
-//                  whose window covers it, in ascending (oh, ow) order: the order in which the
-//                  CPU's scatter loop adds them.
+//   avg forward    one thread per output, the CPU's window loop: the window's row sums (each
+//                  from +0, left to right) added from +0 top to bottom, then one IEEE
+//                  division.
+//   avg backward   a gather: one thread per input element; g = dy / divisor of the
+//                  outputs whose window covers it, added by rows (each from +0, ascending ow)
+//                  and the rows from +0 in ascending oh: the CPU's gather order.
 //   max backward   max_pool2d_backward gets only the indices, not the window geometry, so an
 //                  input element cannot tell which outputs might point at it. One warp owns
 //                  one plane and walks the outputs in batches of 32, in order; within a batch,
@@ -84,8 +85,11 @@ DK_HOST_DEVICE void avg_forward_element(float* y, const float* x, const Pool2dPa
   const float* xp = x + q * p.H * p.W;
   const AvgWindow a = avg_window(p, oh, ow);
   float s = 0.0f;
-  for (int64_t ih = a.hs; ih < a.he; ++ih)
-    for (int64_t iw = a.ws; iw < a.we; ++iw) s += xp[ih * p.W + iw];
+  for (int64_t ih = a.hs; ih < a.he; ++ih) {
+    float r = 0.0f;
+    for (int64_t iw = a.ws; iw < a.we; ++iw) r += xp[ih * p.W + iw];
+    s += r;
+  }
   y[o] = a.divisor > 0 ? s / static_cast<float>(a.divisor) : 0.0f;
 }
 
@@ -103,11 +107,13 @@ DK_HOST_DEVICE void avg_backward_element(float* dx, const float* dy, const Pool2
   const int64_t ow1 = (iw + p.pw) / p.sw < p.OW - 1 ? (iw + p.pw) / p.sw : p.OW - 1;
   float s = 0.0f;
   for (int64_t oh = oh0; oh <= oh1; ++oh) {
+    float r = 0.0f;
     for (int64_t ow = ow0; ow <= ow1; ++ow) {
       const AvgWindow a = avg_window(p, oh, ow);
-      if (a.divisor <= 0) continue;
-      s += dyp[oh * p.OW + ow] / static_cast<float>(a.divisor);
+      if (a.divisor <= 0) continue;  // (adding +0 instead would give the same bits)
+      r += dyp[oh * p.OW + ow] / static_cast<float>(a.divisor);
     }
+    s += r;
   }
   dx[i] = s;
 }

@@ -125,15 +125,21 @@ def relu_backward(grad_out, y):
 # first touched page by page. On the digits CNN that was 75-110 page faults and 0.2-0.35 ms
 # of system time per step (bench/NOTES.md), a cost that grows as the kernels get faster.
 # M_TOP_PAD asks glibc to keep 64 MiB of freed memory at the top of the heap instead, so
-# outputs reuse pages that are already mapped. Only the process's retained memory changes
-# (at most 64 MiB more after a peak), never a result. DEEPKERN_MALLOC_TUNE=0 turns it off.
+# outputs reuse pages that are already mapped. Setting it also freezes glibc's dynamic mmap
+# threshold wherever it stands (128 KiB at start), so every larger block would be a fresh mmap,
+# first touched page by page on every call: 520 page faults and ~1.5 ms for one 16 MiB relu
+# output (bench/NOTES.md). M_MMAP_THRESHOLD = 32 MiB (glibc's largest) keeps blocks up to that
+# size on the heap as well. Only the process's retained memory changes (at most 64 MiB more
+# after a peak), never a result. DEEPKERN_MALLOC_TUNE=0 turns both off.
 
 _M_TOP_PAD = -2                                       # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 _TOP_PAD_BYTES = 64 << 20
+_MMAP_THRESHOLD_BYTES = 32 << 20                      # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 
 def _keep_freed_memory():
-    """Set glibc's M_TOP_PAD (see above). Returns True when it was set."""
+    """Set glibc's M_TOP_PAD and M_MMAP_THRESHOLD (see above). Returns True when both were set."""
     import ctypes
     import os
     import platform
@@ -141,7 +147,9 @@ def _keep_freed_memory():
     if os.environ.get("DEEPKERN_MALLOC_TUNE", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        return bool(ctypes.CDLL(None).mallopt(_M_TOP_PAD, _TOP_PAD_BYTES))
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_TOP_PAD, _TOP_PAD_BYTES)) and bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):
         return False
 

@@ -438,9 +438,10 @@ def relu(x):
 
 
 def relu_backward(grad_out, y):
-    """grad_x = grad_out where y > 0, else 0; y is relu's output.
+    """grad_x = 0 where y <= 0, else grad_out; y is relu's output.
 
-    Where y is NaN, y > 0 is false and grad_x is 0 (PyTorch tests y <= 0 and passes grad_out).
+    PyTorch's rule (threshold_backward): where y is NaN, y <= 0 is false and grad_out passes
+    through.
     """
     V.float_array(grad_out, "grad_out")
     V.float_array(y, "y")

@@ -377,5 +377,6 @@ def relu(x):
 
 
 def relu_backward(grad_out, y):
-    """grad_x = grad_out where y > 0, else 0."""
-    return np.where(y > 0, grad_out, grad_out.dtype.type(0))
+    """grad_x = 0 where y <= 0, else grad_out (PyTorch's threshold_backward: a NaN y passes
+    the gradient through)."""
+    return np.where(y <= 0, grad_out.dtype.type(0), grad_out)
