@@ -12,9 +12,11 @@ blocking calls cannot:
 3. each poll (``Test``) drives Open MPI's non-blocking collectives forward: they progress only
    inside MPI calls, so a collective started early in backward needs someone to poke it.
 
-The poll spins for the first few microseconds (a collective between two idle ranks on one
-machine completes in that time), then yields the core (``sched_yield``: with more ranks than
-cores a spinning rank would steal the core of the rank it waits for), then sleeps.
+The poll spins for ``spin`` seconds (default 50 us, DEEPKERN_DIST_SPIN_US: a collective
+between two idle ranks on one machine completes in that time), then yields the core
+(``sched_yield``), and after 50 ms sleeps between polls. Spinning longer was measured worse on
+this shared 2-core machine (bench/NOTES.md): under load the waiting rank's spin takes the core
+its late peer needs (2 ms of spin: 10-18 ms of exposed allreduce a step instead of 0.1).
 
 Without MPI (mpi4py absent, or not started under mpirun) ``init()`` gives a world of size 1
 whose collectives return at once.
@@ -33,7 +35,7 @@ __all__ = ["Group", "DistributedError", "DistributedTimeout", "RemoteError", "in
 
 DEFAULT_TIMEOUT = 300.0       # seconds; DEEPKERN_DIST_TIMEOUT overrides, init(timeout=) too
 _ERR_TAG, _ACK_TAG = 7001, 7002
-_SPIN_POLLS = 2000            # polls before the first yield (~ tens of microseconds)
+DEFAULT_SPIN_US = 50          # microseconds a wait spins before it yields the core
 
 
 class DistributedError(RuntimeError):
@@ -67,6 +69,7 @@ class Group:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive (seconds), got {timeout}")
         self.timeout = timeout
+        self.spin = float(os.environ.get("DEEPKERN_DIST_SPIN_US", DEFAULT_SPIN_US)) * 1e-6
         if comm is None:
             self.rank, self.size, self._err = 0, 1, None
         else:
@@ -93,10 +96,12 @@ class Group:
         polls = 0
         while not MPI.Request.Testall(requests):
             polls += 1
-            if polls < _SPIN_POLLS:
+            if polls & 63:
+                continue
+            waited = time.monotonic() - t0
+            if waited < self.spin:
                 continue
             self.check_notices()
-            waited = time.monotonic() - t0
             if waited > self.timeout:
                 raise DistributedTimeout(
                     f"rank {self.rank}: {what} did not complete in {self.timeout:g} s: another rank is stuck, "

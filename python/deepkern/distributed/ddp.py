@@ -70,10 +70,14 @@ class DistributedDataParallel(nn.Module):
                          pay the per-message latency more often
       broadcast_buffers  copy rank 0's buffers (BatchNorm running statistics) to every rank at
                          each training forward, as PyTorch's DDP does, so evaluation agrees on
-                         every rank (not needed with SyncBatchNorm, harmless)
+                         every rank (not needed with SyncBatchNorm). False saves that
+                         collective per step: then call ``sync_buffers()`` (on every rank)
+                         before evaluating, as DistributedTrainer does
       average            divide the summed gradients by the world size (the gradient of the
                          global mean loss when every rank's batch has the same size)
       group              the process group (default: deepkern.distributed.init())
+      overlap            start each bucket's allreduce during backward (default); False
+                         starts them all after backward (the baseline the benchmark compares)
 
     Call ``zero_grad()`` (on the wrapper) before every backward, as the Trainer does: it zeroes
     the buckets and binds each ``p.grad`` to its slice. ``state_dict`` and ``load_state_dict``
@@ -83,7 +87,8 @@ class DistributedDataParallel(nn.Module):
     the buckets in different orders; it is detected as a timeout, not silently wrong).
     """
 
-    def __init__(self, module, *, bucket_mb=DEFAULT_BUCKET_MB, broadcast_buffers=True, average=True, group=None):
+    def __init__(self, module, *, bucket_mb=DEFAULT_BUCKET_MB, broadcast_buffers=True, average=True, group=None,
+                 overlap=True):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"DistributedDataParallel wraps a deepkern.nn.Module, got {type(module).__name__}")
@@ -94,6 +99,7 @@ class DistributedDataParallel(nn.Module):
         object.__setattr__(self, "group", group if group is not None else _default_group())
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "average", bool(average))
+        object.__setattr__(self, "overlap", bool(overlap))
         object.__setattr__(self, "timings", {"backward": [], "exposed_comm": []})
         params = [p for p in module.parameters() if p.requires_grad]
         xp = array_module(params[0].data) if params else np
@@ -138,6 +144,11 @@ class DistributedDataParallel(nn.Module):
         if self.training and self.broadcast_buffers and self.group.size > 1 and self._reducer is self.group:
             broadcast_buffers(self.module, g=self.group)
         return self.module(x)
+
+    def sync_buffers(self):
+        """Copy rank 0's buffers to every rank (a collective: every rank calls it)."""
+        if self.group.size > 1 and self._reducer is self.group:
+            broadcast_buffers(self.module, g=self.group)
 
     def zero_grad(self, set_to_none=True):
         """Zero the buckets and bind every trainable p.grad to its slice (set_to_none is
@@ -188,8 +199,9 @@ class DistributedDataParallel(nn.Module):
             b, v = self._slots[id(p)]
             _bind(p, v)
             b.remaining -= 1
-        self._launch_ready()
-        self._reducer.progress([b.req for b in self._buckets if b.req is not None])
+        if self.overlap:
+            self._launch_ready()
+            self._reducer.progress([b.req for b in self._buckets if b.req is not None])
 
     def _launch_ready(self):
         """Start, in bucket order, every bucket whose gradients are all final."""
@@ -201,6 +213,16 @@ class DistributedDataParallel(nn.Module):
             b.launched = True
             i += 1
         object.__setattr__(self, "_next_launch", i)
+
+    def allreduce_buckets(self):
+        """Allreduce (and average) the buckets as they are, now, blocking: the communication of
+        one step without the backward (the benchmark's T_comm)."""
+        reqs = [self._reducer.iallreduce_(b.flat) for b in self._buckets] if self.group.size > 1 else []
+        self._reducer.wait([r for r in reqs if r is not None], "allreduce_buckets")
+        if self.average and self.group.size > 1:
+            for b in self._buckets:
+                b.flat *= b.flat.dtype.type(1.0 / self.group.size)
+        self._reducer.finish(self._buckets)
 
     def remove_hooks(self):
         """Give the wrapped layers their own backward back (the wrapper stops working)."""

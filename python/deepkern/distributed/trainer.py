@@ -12,6 +12,8 @@ because every rank steps with the same averaged gradient):
   masks of different samples in one process do;
 - the epoch's training loss and accuracy, and evaluate()'s, are summed over the ranks (each
   rank evaluates 1/R of the data);
+- the BatchNorm running statistics used for evaluation are rank 0's, broadcast before each
+  evaluation (not at every step, as PyTorch's DDP does: one collective per step saved);
 - only rank 0 writes checkpoints, shows the progress bar and logs.
 """
 
@@ -49,7 +51,8 @@ class DistributedTrainer(Trainer):
         else:
             if sync_bn:
                 model = convert_sync_batchnorm(model, g)
-            ddp = DistributedDataParallel(model, bucket_mb=bucket_mb, group=g)
+            # buffers: one broadcast before each evaluation instead of one every step
+            ddp = DistributedDataParallel(model, bucket_mb=bucket_mb, group=g, broadcast_buffers=False)
         self.group = g
         super().__init__(ddp, optimizer, criterion, progress=progress and g.rank == 0,
                          log=log if g.rank == 0 else None, **kwargs)
@@ -81,7 +84,8 @@ class DistributedTrainer(Trainer):
     # ------------------------------------------------------------------ rank 0 writes
 
     def save_checkpoint(self, path, extra=None):
-        """Rank 0 writes the checkpoint (every rank holds the same state)."""
+        """Rank 0 writes the checkpoint (every rank holds the same weights and optimizer state;
+        the BatchNorm statistics saved are rank 0's, the ones evaluation uses)."""
         if self.group.rank == 0:
             super().save_checkpoint(path, extra)
 
@@ -94,6 +98,7 @@ class DistributedTrainer(Trainer):
         g = self.group
         if g.size == 1:
             return super().evaluate(x, y)
+        self.model.sync_buffers()                 # rank 0's BatchNorm statistics everywhere
         bounds = np.linspace(0, len(x), g.size + 1).astype(np.int64)
         lo, hi = int(bounds[g.rank]), int(bounds[g.rank + 1])
         loss_sum = correct = 0.0
