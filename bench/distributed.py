@@ -88,22 +88,26 @@ def worker_step(model_name, global_batch, steps, overlap="1"):
     dist_, g, model, opt, crit, batches = _setup(model_name, global_batch // g0.size)
     net = (dist.DistributedDataParallel(model, overlap=overlap == "1", broadcast_buffers=False) if g.size > 1
            else model)                            # as DistributedTrainer: buffers synced before evaluation
-    times = []
+    times, cpu = [], []
     block = 10                                   # timed in blocks of 10 steps, as training runs: no
     for i in range(steps // block + 1):          # barrier between steps (only the gradient allreduce)
         g.barrier()
-        t0 = time.perf_counter()
+        c0 = time.thread_time()                  # CPU time of this rank's main thread: what the
+        t0 = time.perf_counter()                 # step costs when no other process takes the core
         for j in range(block):
             xb, yb = batches[(i * block + j) % len(batches)]
             crit(net(xb), yb)
             net.zero_grad()
             net.backward(crit.backward())
             opt.step()
-        t = np.array([(time.perf_counter() - t0) / block])
+        waited = sum(net.timings["exposed_comm_cpu"][-block:]) if g.size > 1 else 0.0
+        t = np.array([(time.perf_counter() - t0) / block, (time.thread_time() - c0 - waited) / block])
         g.allreduce_(t, op="max")                # a block lasts as long as its slowest rank
         if i >= 1:                               # the first block warms up
             times.append(float(t[0]))
-    out = {"ranks": g.size, "step_ms": 1e3 * med(times), "samples_per_s": global_batch / med(times)}
+            cpu.append(float(t[1]))
+    out = {"ranks": g.size, "step_ms": 1e3 * med(times), "samples_per_s": global_batch / med(times),
+           "cpu_step_ms": 1e3 * med(cpu)}
     if g.size > 1:
         out["exposed_comm_ms"] = 1e3 * med(net.timings["exposed_comm"][10:])
         out["backward_ms"] = 1e3 * med(net.timings["backward"][10:])
@@ -138,11 +142,13 @@ def worker_overlap(model_name, per_rank_batch, reps):
     import deepkern.distributed as dist
     per_rank_batch, reps = int(per_rank_batch), int(reps)
     dist_, g, model, opt, crit, batches = _setup(model_name, per_rank_batch)
-    net = dist.DistributedDataParallel(model, broadcast_buffers=False)
-    res = {"bwd": [], "comm": [], True: [], False: []}
+    nets = {k: dist.DistributedDataParallel(model, broadcast_buffers=False, progress_thread=k == "thread")
+            for k in ("plain", "thread")}
+    res = {"bwd": [], "comm": [], True: [], False: [], "thread": []}
     for i in range(reps + 2):
         xb, yb = batches[i % len(batches)]
-        for kind in ("bwd", "comm", True, False):
+        for kind in ("bwd", "comm", True, False, "thread"):
+            net = nets["thread" if kind == "thread" else "plain"]
             net.overlap = kind is not False
             crit(net(xb), yb)
             net.zero_grad()
@@ -159,11 +165,13 @@ def worker_overlap(model_name, per_rank_batch, reps):
             g.allreduce_(t, op="max")
             if i >= 2:
                 res[kind].append(float(t[0]))
-    bwd, comm, on, off = (1e3 * med(res[k]) for k in ("bwd", "comm", True, False))
+    bwd, comm, on, off, thr = (1e3 * med(res[k]) for k in ("bwd", "comm", True, False, "thread"))
     hidden = max(0.0, off - on)
     out = {"model": model_name, "per_rank_batch": per_rank_batch, "backward_ms": bwd, "allreduce_ms": comm,
            "ddp_backward_overlap_ms": on, "ddp_backward_no_overlap_ms": off, "hidden_ms": hidden,
            "overlap_fraction": min(1.0, hidden / comm) if comm > 0 else 0.0,
+           "ddp_backward_progress_thread_ms": thr,
+           "overlap_fraction_progress_thread": min(1.0, max(0.0, off - thr) / comm) if comm > 0 else 0.0,
            "grad_bytes": int(sum(p.data.nbytes for p in model.parameters())), "buckets": net.buckets}
     if g.rank == 0:
         print(json.dumps(out))
@@ -261,7 +269,14 @@ def run_throughput(repeats, steps, quiet_below=0, max_wait=0):
             "two_ranks_exposed_comm_ms": med([o["exposed_comm_ms"] for o in two]),
             "one_rank_batch128_step_ms": med([o["step_ms"] for o in half]),
             "parallel_efficiency_at_128_per_rank": med([o["step_ms"] for o in half]) / med([o["step_ms"] for o in two]),
-            "load_averages": loads, "runnable_at_start": running}
+            "load_averages": loads, "runnable_at_start": running,
+            # the CPU time a step costs the busiest rank's main thread outside the gradient
+            # allreduce's wait: the work each rank does (its compute, the hooks, starting and
+            # polling the collectives); + the allreduce's latency on a quiet machine, it is the
+            # step the 2 ranks would take with a core each and nobody else
+            "one_rank_cpu_step_ms": med([o["cpu_step_ms"] for o in one]),
+            "two_ranks_cpu_step_ms": med([o["cpu_step_ms"] for o in two]),
+            "cpu_time_ratio": med([o["cpu_step_ms"] for o in one]) / med([o["cpu_step_ms"] for o in two])}
 
 
 def run_allreduce(reps):
@@ -321,16 +336,19 @@ def run_model(res):
     # digits: the 1-rank step at batch 128 (the per-rank work of global batch 256 on 2 ranks)
     # ResNet-18 on 32x32 inputs: 0.56 GFLOP forward per image, x3 with backward, at the measured
     # 1-thread conv rate, plus Adam over 11.7M parameters (measured); backward = 2/3 of compute;
-    # its measured overlap is the vgg model's (the one with a large gradient early in backward)
+    # its measured overlap is the vgg model's (the one with a large gradient early in backward),
+    # with DDP's default progress thread
     rb = 32
     r_compute = rb * 3 * 0.56 / comp["conv_gflops"] * 1e3
     nets = {
         "digits CNN (6,138 params, 24.6 KB of gradients, 1 bucket), 128 per rank":
             dict(step_ms=thr["one_rank_batch128_step_ms"], bwd_ms=d["backward_ms"], grad_bytes=d["grad_bytes"],
-                 last_bucket_bytes=d["buckets"][-1][1], per_rank_batch=128, measured=d["overlap_fraction"]),
+                 last_bucket_bytes=d["buckets"][-1][1], per_rank_batch=128,
+                 measured=d["overlap_fraction_progress_thread"]),
         "ResNet-18-sized (11.7M params, 46.8 MB of gradients, 1 MiB buckets), 32x32 images, 32 per rank":
             dict(step_ms=r_compute + comp["adam_11.7M_ms"], bwd_ms=r_compute * 2 / 3, grad_bytes=46_800_000,
-                 last_bucket_bytes=1 << 20, per_rank_batch=rb, measured=ov["vgg"]["overlap_fraction"]),
+                 last_bucket_bytes=1 << 20, per_rank_batch=rb,
+                 measured=ov["vgg"]["overlap_fraction_progress_thread"]),
     }
     networks = {
         "this machine's shared memory (fitted)": (alpha, beta),
@@ -358,6 +376,8 @@ def print_tables(res):
     print(f"  speed-up {t['ratio_of_medians']:.2f}x (median of paired ratios {t['median_paired_ratio']:.2f}x; "
           f"paired {', '.join(f'{r:.2f}' for r in t['paired_ratios'])}); load averages "
           f"{', '.join(f'{v:.1f}' for v in t['load_averages'])}")
+    print(f"  CPU time a step outside the allreduce wait (busiest rank's main thread): 1 rank "
+          f"{t['one_rank_cpu_step_ms']:.2f} ms, 2 ranks {t['two_ranks_cpu_step_ms']:.2f} ms: {t['cpu_time_ratio']:.2f}x")
     print(f"  1 rank at batch 128 (the per-rank work): {t['one_rank_batch128_step_ms']:.2f} ms a step; "
           f"parallel efficiency of 2 ranks at 128 each: {100 * t['parallel_efficiency_at_128_per_rank']:.0f}%")
     a = res["allreduce"]
@@ -369,12 +389,13 @@ def print_tables(res):
         print(f"| {row[0][0]:,} | " + " | ".join(f"{1e3 * s:.3f}" for _, s in row) + " |")
     print("\noverlap on 2 ranks (medians):")
     print("| model | per-rank batch | gradient bytes | buckets | backward ms | allreduce ms | DDP bwd, overlap ms "
-          "| DDP bwd, after ms | hidden |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| DDP bwd, after ms | hidden | DDP bwd, progress thread ms | hidden |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for o in res["overlap"]:
         print(f"| {o['model']} | {o['per_rank_batch']} | {o['grad_bytes']:,} | {len(o['buckets'])} | "
               f"{o['backward_ms']:.2f} | {o['allreduce_ms']:.3f} | {o['ddp_backward_overlap_ms']:.2f} | "
-              f"{o['ddp_backward_no_overlap_ms']:.2f} | {100 * o['overlap_fraction']:.0f}% |")
+              f"{o['ddp_backward_no_overlap_ms']:.2f} | {100 * o['overlap_fraction']:.0f}% | "
+              f"{o['ddp_backward_progress_thread_ms']:.2f} | {100 * o['overlap_fraction_progress_thread']:.0f}% |")
     for name, per_net in res["model"].items():
         inp = per_net["inputs"]
         print(f"\npredicted: {name} (step {inp['step_ms']:.1f} ms, backward {inp['bwd_ms']:.1f} ms, measured "

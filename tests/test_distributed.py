@@ -87,6 +87,20 @@ def test_world_of_size_one_without_mpirun():
     assert dist.reduce_metrics(3.0, 2, 4) == (0.75, 0.5, 4)
 
 
+def test_without_mpi4py_the_world_has_size_one_and_the_command_says_what_to_install(monkeypatch, capsys):
+    from deepkern.cli import main
+    from deepkern.distributed import _comm
+    monkeypatch.setattr(_comm, "_GROUP", None)
+    monkeypatch.setattr(_comm, "_mpi_available", lambda: False)
+    assert dist.init().size == 1 and dist.init().comm is None
+    monkeypatch.setattr(_comm, "_GROUP", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'deepkern\[mpi\]'"):
+        dist.init(require_mpi=True)
+    monkeypatch.setattr(_comm, "_GROUP", None)
+    assert main(["train", "--distributed", "--epochs", "1", "-q"]) == 2
+    assert "deepkern[mpi]" in capsys.readouterr().err
+
+
 def test_group_rejects_bad_timeouts_and_arrays():
     with pytest.raises(ValueError, match="timeout"):
         dist.Group(None, timeout=0)

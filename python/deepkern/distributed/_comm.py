@@ -13,10 +13,10 @@ blocking calls cannot:
    inside MPI calls, so a collective started early in backward needs someone to poke it.
 
 The poll spins for ``spin`` seconds (default 50 us, DEEPKERN_DIST_SPIN_US: a collective
-between two idle ranks on one machine completes in that time), then yields the core
-(``sched_yield``), and after 50 ms sleeps between polls. Spinning longer was measured worse on
-this shared 2-core machine (bench/NOTES.md): under load the waiting rank's spin takes the core
-its late peer needs (2 ms of spin: 10-18 ms of exposed allreduce a step instead of 0.1).
+between two idle ranks on one machine completes in that time), then sleeps 20 us between polls
+(1 ms after 50 ms). Spinning longer was measured worse on this shared 2-core machine
+(bench/NOTES.md): under load the waiting rank's spin takes the core its late peer needs (2 ms
+of spin: 10-18 ms of exposed allreduce a step instead of 0.1).
 
 Without MPI (mpi4py absent, or not started under mpirun) ``init()`` gives a world of size 1
 whose collectives return at once.
@@ -36,6 +36,7 @@ __all__ = ["Group", "DistributedError", "DistributedTimeout", "RemoteError", "in
 DEFAULT_TIMEOUT = 300.0       # seconds; DEEPKERN_DIST_TIMEOUT overrides, init(timeout=) too
 _ERR_TAG, _ACK_TAG = 7001, 7002
 DEFAULT_SPIN_US = 50          # microseconds a wait spins before it yields the core
+_NAP = float(os.environ.get("DEEPKERN_DIST_NAP_US", 20)) * 1e-6   # then sleeps this long between polls
 
 
 class DistributedError(RuntimeError):
@@ -107,10 +108,9 @@ class Group:
                     f"rank {self.rank}: {what} did not complete in {self.timeout:g} s: another rank is stuck, "
                     f"died, or skipped this step (its own error, if any, is printed above); "
                     f"raise the limit with DEEPKERN_DIST_TIMEOUT or init(timeout=...)")
-            if waited < 0.05:
-                os.sched_yield()
-            else:
-                time.sleep(0.001)
+            # sleep, not sched_yield: a yielding task goes to the back of the run queue and on
+            # a loaded machine waits a whole slice; a sleeping one is woken ahead of the others
+            time.sleep(_NAP if waited < 0.05 else 0.001)
 
     def progress(self, requests):
         """Poke MPI so started non-blocking collectives move on (returns True when all are done)."""

@@ -41,7 +41,11 @@ def _local_ranks(comm):
 def run_train(args, train):
     """Run ``train(args)`` (the single-process command body) as one rank of the job."""
     from . import _comm
-    g = _comm.init(require_mpi=True)
+    try:
+        g = _comm.init(require_mpi=True)
+    except RuntimeError as e:                   # no mpi4py: say how to get it
+        print(f"deepkern: error: --distributed: {e}", file=sys.stderr)
+        return 2
     if not args.threads and "OMP_NUM_THREADS" not in os.environ and g.comm is not None:
         args.threads = max(1, (os.cpu_count() or 1) // _local_ranks(g.comm))
     if g.rank != 0:
