@@ -140,6 +140,10 @@ class DistributedDataParallel(nn.Module):
                     owners[id(p)] += 1
         for b in buckets:
             b.expected = sum(owners[id(p)] for p in b.params)
+        if len(buckets) <= 1:
+            # one bucket is complete only when backward is: nothing to overlap, so no hooks (the
+            # default digits CNN: 24.6 KB; this saves ~20 us of Python a step)
+            hooked = []
         object.__setattr__(self, "_owners", owners)
         object.__setattr__(self, "_hooked", [m for m, _ in hooked])
         for m, own in hooked:
@@ -217,7 +221,9 @@ class DistributedDataParallel(nn.Module):
             reqs = [b.req for b in self._buckets if b.req is not None]
             if self._poller is None:
                 self._reducer.progress(reqs)
-            elif self._next_launch != launched:
+            elif launched < self._next_launch < len(self._buckets):
+                # buckets went out and layers with gradients are still to come: poll while they
+                # compute (after the last bucket, backward's own wait polls)
                 self._poller.watch(reqs)
 
     def _launch_ready(self):
