@@ -241,3 +241,14 @@ def test_cli_has_the_distributed_options(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--distributed" in out and "--sync-bn" in out and "--bucket-mb" in out
+
+
+def test_cuda_path_imports_and_falls_back_to_mpi_without_cupy(monkeypatch):
+    """The NCCL path never ran (no GPU here): it imports, and without CuPy CUDA buckets go
+    through MPI with host copies."""
+    import sys
+    from deepkern.distributed import cuda
+    monkeypatch.setitem(sys.modules, "cupy", None)          # import cupy -> ImportError
+    r = cuda.cuda_reducer(dist.init())
+    assert isinstance(r, cuda.HostStagedReducer)
+    assert callable(cuda.NcclReducer)

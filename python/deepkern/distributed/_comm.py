@@ -238,7 +238,7 @@ _GROUP = None
 
 def _mpi_available():
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401  (availability check)
     except ImportError:
         return False
     return True
