@@ -107,7 +107,8 @@ class DistributedDataParallel(nn.Module):
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "average", bool(average))
         object.__setattr__(self, "overlap", bool(overlap))
-        object.__setattr__(self, "_poller", _Poller() if progress_thread and self.group.size > 1 else None)
+        object.__setattr__(self, "_poller", _Poller() if progress_thread and self.group.size > 1
+                           and _thread_multiple() else None)
         object.__setattr__(self, "timings", {"backward": [], "exposed_comm": [], "exposed_comm_cpu": []})
         params = [p for p in module.parameters() if p.requires_grad]
         xp = array_module(params[0].data) if params else np
@@ -302,6 +303,12 @@ class _Poller:
                     except Exception:                # the main thread's wait reports errors
                         self.reqs = []
             time.sleep(self.interval)
+
+
+def _thread_multiple():
+    """Whether MPI lets two threads call it at once (else: polls at the hooks only)."""
+    from mpi4py import MPI
+    return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
 
 def _default_group():
