@@ -286,10 +286,14 @@ def _build(args, prepared, num_classes=None, optimizer=None, lr=None):
     sched = make_scheduler(schedule, opt, args.epochs, cycle=args.cycle)
     ema = optim.EMA(model.parameters(), decay=args.ema_decay) if args.ema_decay else None
     args.crop_shape = x.shape[2:]
-    trainer = Trainer(model, opt, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), scheduler=sched,
-                      ema=ema, batch_size=args.batch_size, seed=args.seed, transform=_augmentation(args),
-                      patience=args.patience, snapshots=args.snapshots, max_norm=args.clip_norm,
-                      progress=not args.quiet, device=device)
+    cls, dist = Trainer, {}
+    if getattr(args, "distributed", False):         # deepkern train --distributed (deepkern.distributed)
+        from ..distributed import DistributedTrainer as cls
+        dist = dict(sync_bn=args.sync_bn, bucket_mb=args.bucket_mb)
+    trainer = cls(model, opt, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), scheduler=sched,
+                  ema=ema, batch_size=args.batch_size, seed=args.seed, transform=_augmentation(args),
+                  patience=args.patience, snapshots=args.snapshots, max_norm=args.clip_norm,
+                  progress=not args.quiet, device=device, **dist)
     return trainer
 
 
@@ -316,6 +320,9 @@ TRAIN_ADAM_LR = 2e-3
 
 def cmd_train(args):
     """Train the default CNN (or the --data set) and report the held-out test accuracy."""
+    if args.distributed:                            # every rank of an mpirun job; errors end every rank
+        from ..distributed.command import run_train
+        return run_train(args, _train)
     try:
         return _train(args)
     except (ValueError, RuntimeError, FileNotFoundError, TypeError) as e:
@@ -427,6 +434,8 @@ def add_train_parser(sub):
     g.add_argument("--resume", metavar="PATH", help="resume from a checkpoint saved with --save (same options); "
                    "--epochs is the total to reach")
     g.add_argument("--plot", metavar="PNG", help="save loss and accuracy curves (needs matplotlib)")
+    from ..distributed.command import add_arguments
+    add_arguments(p)
     p.set_defaults(func=cmd_train)
     return p
 

@@ -186,7 +186,7 @@ class Trainer:
         if self.patience is not None and val is None:
             raise ValueError("early stopping (patience) needs validation data")
         bs = len(x) if self.batch_size == "full" else self.batch_size
-        loader = DataLoader(x, y, batch_size=bs, shuffle=True, seed=self.seed, transform=self.transform)
+        loader = self._loader(x, y, bs)
         steps = len(loader)
         model, crit, opt, sched, ema = self.model, self.criterion, self.optimizer, self.scheduler, self.ema
         batch_sched = self._batch_schedule()
@@ -201,7 +201,7 @@ class Trainer:
             while self.epoch < epochs and not self.stopped_early:
                 epoch = self.epoch
                 t0 = time.perf_counter()
-                deepkern.manual_seed(_epoch_seed(self.seed, epoch))
+                deepkern.manual_seed(self._stream_seed(epoch))
                 loader.set_epoch(epoch)
                 model.train()
                 for m in self.eval_modules:
@@ -237,6 +237,7 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the training loss became {loss} at epoch {epoch + 1}, "
                                                  f"step {i + 1}: lower the learning rate")
+                loss_sum, correct, seen = self._epoch_totals(loss_sum, correct, seen)
                 train_loss, train_acc = loss_sum / seen, correct / seen
                 val_loss = val_acc = float("nan")
                 if val is not None:
@@ -265,6 +266,17 @@ class Trainer:
         if self.best is not None:
             self.restore_best()
         return self.history
+
+    # Hooks of deepkern.distributed.DistributedTrainer (each rank its shard of every epoch, its
+    # own dropout stream, and the epoch's totals summed over the ranks).
+    def _loader(self, x, y, batch_size):
+        return DataLoader(x, y, batch_size=batch_size, shuffle=True, seed=self.seed, transform=self.transform)
+
+    def _stream_seed(self, epoch):
+        return _epoch_seed(self.seed, epoch)
+
+    def _epoch_totals(self, loss_sum, correct, seen):
+        return loss_sum, correct, seen
 
     def _epoch_line(self, row, epochs, bar):
         w = len(str(epochs))
