@@ -155,3 +155,38 @@ def test_inputs_are_not_modified(rng):
     with assert_unchanged(x, w, b):
         y = F.conv2d(x, w, b, padding=1)
         F.conv2d_backward(y, x, w, padding=1)
+
+
+@pytest.mark.parametrize("N", [0, 1])
+def test_huge_stride_needs_no_stride_sized_memory(N):
+    """Regression (deep fuzz, OOM-killed CI): the phase split kept a table with one entry per
+    stride phase, 2**31 entries for this legal stride."""
+    x = np.ones((N, 2, 3, 3), np.float32)
+    w = np.ones((2, 2, 1, 1), np.float32)
+    y = F.conv2d(x, w, stride=(1, 2**31 - 1))
+    assert y.shape == (N, 2, 3, 1)
+    assert np.array_equal(y, R.conv2d(x, w, stride=(1, 2**31 - 1)))
+    gx, gw, _ = F.conv2d_backward(y, x, w, stride=(1, 2**31 - 1))
+    assert gx.shape == x.shape and gw.shape == w.shape
+
+
+def test_hostile_stride_padding_dilation_stay_small_and_correct():
+    """Legal but hostile arguments: every pass must use memory proportional to the real work.
+
+    With stride = padding = dilation = 2**30, tap (kh, kw) of output (oh, ow) reads input pixel
+    ((oh + kh - 1) * 2**30, (ow + kw - 1) * 2**30): only pixel (0, 0) is ever read, once per
+    output, exactly as a stride-1, padding-1 convolution of the 1x1 image x[0, 0] would."""
+    x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    w = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    kw = dict(stride=2**30, padding=2**30, dilation=2**30)
+    x00 = f64(x[:, :, :1, :1])
+    y = F.conv2d(x, w, **kw)
+    assert_close(y, R.conv2d(x00, f64(w), padding=1), 0, 0)
+    g = np.arange(y.size, dtype=np.float32).reshape(y.shape)
+    gx, gw, gb = F.conv2d_backward(g, x, w, **kw)
+    rx, rw, rb = R.conv2d_backward(f64(g), x00, f64(w), padding=1)
+    want_gx = np.zeros((1, 1, 2, 2))
+    want_gx[0, 0, 0, 0] = rx[0, 0, 0, 0]
+    assert_close(gx, want_gx, 0, 0)
+    assert_close(gw, rw, 0, 0)
+    assert_close(gb, rb, 0, 0)

@@ -19,12 +19,6 @@ summation order differs from the CPU's, so the tolerances of tests/tolerances.py
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,137 +35,12 @@ from test_conv2d import make as conv_make
 from test_pool2d import distinct, pool_cases
 from tolerances import tol
 
-ROOT = Path(__file__).resolve().parents[1]
+from cuda_host.emulator import emulator
+
 F32 = np.float32
 
 
 # ============================================================ the targets
-
-class Emulator:
-    """tests/cuda_host/emulate.cpp, compiled once per session (ctypes, no pybind11)."""
-
-    name = "emulator"
-
-    def __init__(self, lib):
-        self.lib = lib
-        P, I, D, U = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
-        sig = {
-            "emu_conv2d_forward": [P] * 5, "emu_conv2d_backward_input": [P] * 4,
-            "emu_conv2d_backward_weight": [P] * 5, "emu_max_pool2d_forward": [P] * 4,
-            "emu_max_pool2d_backward": [P] * 4, "emu_avg_pool2d_forward": [P] * 3,
-            "emu_avg_pool2d_backward": [P] * 3,
-            "emu_batch_norm_forward": [P] * 8 + [I, I, I, ctypes.c_int, D, D],
-            "emu_batch_norm_backward": [P] * 8 + [I, I, I, ctypes.c_int],
-            "emu_dropout_forward": [P, P, P, I, D, U], "emu_dropout_backward": [P, P, P, I, D],
-            "emu_relu_forward": [P, P, I], "emu_relu_backward": [P, P, P, I],
-        }
-        for fn, argtypes in sig.items():
-            getattr(lib, fn).argtypes = argtypes
-        for fn in ("emu_conv2d_backward_weight", "emu_max_pool2d_backward"):
-            getattr(lib, fn).restype = I
-        self.last_splits = None
-
-    @staticmethod
-    def _p(a):
-        return None if a is None else a.ctypes.data
-
-    @staticmethod
-    def _conv(x, w, y, s, p, d, g):
-        return np.array([*x.shape, w.shape[0], w.shape[2], w.shape[3], y.shape[2], y.shape[3],
-                         *s, *p, *d, g], np.int64)
-
-    @staticmethod
-    def _pool(x, y, k, s, p, d, cip=True):
-        return np.array([*x.shape, y.shape[2], y.shape[3], *k, *s, *p, *d, int(cip)], np.int64)
-
-    def conv2d(self, x, w, b, s, p, d, g):
-        N, _, H, W = x.shape
-        OC, _, KH, KW = w.shape
-        y = np.empty((N, OC, R.window_out_size(H, KH, s[0], p[0], d[0]),
-                      R.window_out_size(W, KW, s[1], p[1], d[1])), F32)
-        self.lib.emu_conv2d_forward(*map(self._p, (y, x, w, b, self._conv(x, w, y, s, p, d, g))))
-        return y
-
-    def conv2d_backward(self, dy, x, w, s, p, d, g, bias):
-        gx, gw = np.empty_like(x), np.empty_like(w)
-        gb = np.empty(w.shape[0], F32) if bias else None
-        pa = self._conv(x, w, dy, s, p, d, g)
-        self.lib.emu_conv2d_backward_input(*map(self._p, (gx, dy, w, pa)))
-        self.last_splits = self.lib.emu_conv2d_backward_weight(*map(self._p, (gw, gb, dy, x, pa)))
-        return gx, gw, gb
-
-    def max_pool2d(self, x, k, s, p, d, ceil_mode):
-        N, C, H, W = x.shape
-        y = np.empty((N, C, R.window_out_size(H, k[0], s[0], p[0], d[0], ceil_mode),
-                      R.window_out_size(W, k[1], s[1], p[1], d[1], ceil_mode)), F32)
-        idx = np.empty(y.shape, np.int64)
-        self.lib.emu_max_pool2d_forward(*map(self._p, (y, idx, x, self._pool(x, y, k, s, p, d))))
-        return y, idx
-
-    def max_pool2d_backward(self, dy, idx, shape):
-        gx = np.empty(shape, F32)
-        pa = self._pool(gx, dy, (1, 1), (1, 1), (0, 0), (1, 1))
-        bad = self.lib.emu_max_pool2d_backward(*map(self._p, (gx, dy, idx, pa)))
-        if bad >= 0:
-            raise ValueError(f"max_pool2d_backward: indices[{bad}] = {idx.reshape(-1)[bad]} is "
-                             f"outside its input plane")
-        return gx
-
-    def avg_pool2d(self, x, k, s, p, ceil_mode, cip):
-        N, C, H, W = x.shape
-        y = np.empty((N, C, R.window_out_size(H, k[0], s[0], p[0], 1, ceil_mode),
-                      R.window_out_size(W, k[1], s[1], p[1], 1, ceil_mode)), F32)
-        self.lib.emu_avg_pool2d_forward(*map(self._p, (y, x, self._pool(x, y, k, s, p, (1, 1), cip))))
-        return y
-
-    def avg_pool2d_backward(self, dy, shape, k, s, p, ceil_mode, cip):
-        gx = np.empty(shape, F32)
-        pa = self._pool(gx, dy, k, s, p, (1, 1), cip)
-        self.lib.emu_avg_pool2d_backward(*map(self._p, (gx, dy, pa)))
-        return gx
-
-    @staticmethod
-    def _nchw(x):
-        return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
-
-    def batch_norm(self, x, w, b, rm, rv, training, momentum, eps):
-        C = x.shape[1]
-        y, sm, si = np.empty_like(x), np.empty(C, F32), np.empty(C, F32)
-        self.lib.emu_batch_norm_forward(*map(self._p, (y, sm, si, rm, rv, x, w, b)), *self._nchw(x),
-                                        int(training), momentum, eps)
-        return y, sm, si
-
-    def batch_norm_backward(self, dy, x, w, sm, si, training):
-        C = x.shape[1]
-        gx = np.empty_like(x)
-        gw = np.empty(C, F32) if w is not None else None
-        gb = np.empty(C, F32) if w is not None else None
-        self.lib.emu_batch_norm_backward(*map(self._p, (gx, gw, gb, dy, x, w, sm, si)),
-                                         *self._nchw(x), int(training))
-        return gx, gw, gb
-
-    def dropout(self, x, p, training, seed):
-        if not training or p == 0:
-            return x.copy(), np.ones(x.shape, np.uint8)
-        y, mask = np.empty_like(x), np.empty(x.shape, np.uint8)
-        self.lib.emu_dropout_forward(self._p(y), self._p(mask), self._p(x), x.size, p, seed)
-        return y, mask
-
-    def dropout_backward(self, dy, mask, p):
-        gx = np.empty_like(dy)
-        self.lib.emu_dropout_backward(self._p(gx), self._p(dy), self._p(mask), dy.size, p)
-        return gx
-
-    def relu(self, x):
-        y = np.empty_like(x)
-        self.lib.emu_relu_forward(self._p(y), self._p(x), x.size)
-        return y
-
-    def relu_backward(self, dy, y):
-        gx = np.empty_like(dy)
-        self.lib.emu_relu_backward(self._p(gx), self._p(dy), self._p(y), dy.size)
-        return gx
-
 
 class Device:
     """The real kernels on a GPU: deepkern.functional on CuPy arrays or PyTorch CUDA tensors."""
@@ -253,20 +122,6 @@ class Device:
         return self.back(F.relu_backward(self.to(dy), self.to(y)))
 
 
-def _compile_emulator(tmp_dir: Path):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: cannot compile the CUDA kernels' host emulation")
-    src = ROOT / "tests" / "cuda_host" / "emulate.cpp"
-    parts = [src.read_bytes()] + [p.read_bytes() for p in sorted((ROOT / "csrc").rglob("*.*"))]
-    so = tmp_dir / f"libdkemu-{hashlib.sha256(b''.join(parts)).hexdigest()[:12]}.so"
-    cmd = [gxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC",
-           f"-I{ROOT / 'csrc'}", str(src), "-o", str(so)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"compiling the emulator failed:\n{' '.join(cmd)}\n{r.stderr}"
-    return Emulator(ctypes.CDLL(str(so)))
-
-
 def _gpu_reason(lib):
     if "cuda" not in deepkern.backends():
         from deepkern._backend import cuda_unavailable_reason
@@ -287,7 +142,7 @@ def _gpu_reason(lib):
 @pytest.fixture(scope="session", params=["emulator", "cupy", "torch"])
 def impl(request, tmp_path_factory):
     if request.param == "emulator":
-        return _compile_emulator(tmp_path_factory.mktemp("cuda_host"))
+        return emulator()
     reason = _gpu_reason(request.param)
     if reason:
         pytest.skip(reason)

@@ -152,3 +152,36 @@ def test_load_state_rejects_bad_files(tmp_path):
     assert back["a"] == [1, 2.5, None, "s", (True,)] and list(back[3]) == [0, 1, 2]
     with pytest.raises(TypeError, match="cannot store"):
         optim.save_state({"f": object()}, str(tmp_path / "x.npz"))
+
+
+def test_load_state_damaged_files_are_value_errors(tmp_path):
+    """Truncated, overwritten or extended copies of a valid file: a ValueError or a valid dict,
+    never another exception (zipfile raises NotImplementedError for an unknown version, json
+    RecursionError for deep nesting) and never a file left open (warnings are errors here)."""
+    p = Parameter(np.ones(3, np.float32))
+    opt = optim.Adam([p])
+    p.grad = np.ones(3, np.float32)
+    opt.step()
+    buf = io.BytesIO()
+    optim.save_state(opt.state_dict(), buf)
+    blob = buf.getvalue()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.npz"
+    for _ in range(300):
+        b = bytearray(blob)
+        kind = rng.integers(3)
+        if kind == 0:
+            b = b[:rng.integers(len(b))]
+        elif kind == 1:
+            for _ in range(rng.integers(1, 5)):
+                b[rng.integers(len(b))] = rng.integers(256)
+        else:
+            b += bytes(rng.integers(0, 256, rng.integers(1, 17)).tolist())
+        path.write_bytes(bytes(b))
+        try:
+            optim.load_state(str(path))
+        except ValueError:
+            pass
+    np.savez(path, __deepkern_state__=np.array("[" * 100_000 + "]" * 100_000))
+    with pytest.raises(ValueError, match="malformed"):
+        optim.load_state(str(path))

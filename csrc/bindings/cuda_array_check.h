@@ -10,7 +10,9 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -163,10 +165,12 @@ inline void check_disjoint(const DevArray& a, const DevArray& b, int64_t itemsiz
 // The device holding every non-empty array (all must be GPU memory on one device); -1 when
 // every array is empty (then no kernel needs to run). Needs the driver: called after the
 // argument checks.
-inline int device_of(std::initializer_list<const DevArray*> arrays) {
+template <class It>
+inline int device_of_range(It begin, It end) {
   int device = -1;
   const char* first = "";
-  for (const DevArray* a : arrays) {
+  for (It it = begin; it != end; ++it) {
+    const DevArray* a = *it;
     if (!a || a->size == 0) continue;
     cudaPointerAttributes attr{};
     const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(a->ptr));
@@ -185,6 +189,73 @@ inline int device_of(std::initializer_list<const DevArray*> arrays) {
   }
   return device;
 }
+
+inline int device_of(std::initializer_list<const DevArray*> arrays) {
+  return device_of_range(arrays.begin(), arrays.end());
+}
+
+inline int device_of(const std::vector<const DevArray*>& arrays) {
+  return device_of_range(arrays.begin(), arrays.end());
+}
+
+// ---------------------------------------------------------------- lists of arrays
+
+// The byte range of one array of a multi-tensor call.
+struct Span {
+  uintptr_t lo, hi;
+  bool written;
+  const char* name;
+};
+
+// No array that the call writes may share a byte with any other array of the call (the kernels
+// would read values they have already overwritten, in an order that depends on the schedule).
+// Sorted sweep over the ranges still open: O(n log n) when, as always in practice, nothing
+// overlaps. Read-only arrays may overlap each other.
+inline void check_no_overlap(std::vector<Span> spans) {
+  spans.erase(std::remove_if(spans.begin(), spans.end(), [](const Span& s) { return s.lo == s.hi; }),
+              spans.end());
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+  std::vector<const Span*> open;
+  for (const Span& b : spans) {
+    open.erase(std::remove_if(open.begin(), open.end(), [&](const Span* a) { return a->hi <= b.lo; }),
+               open.end());
+    for (const Span* a : open)
+      DK_CHECK(!(a->written || b.written), b.name, " shares memory with ", a->name,
+               " (arrays a multi-tensor pass writes must not overlap any other array of the call)");
+    open.push_back(&b);
+  }
+}
+
+// Reads the float32 CUDA arrays of one call that come in Python lists, naming each one
+// "list[k]" (or "list[k][j]"); keeps the names alive for the messages, the arrays for the
+// device check and their byte ranges for the overlap check.
+class ArrayListReader {
+ public:
+  // n < 0: any size. Returns the data pointer.
+  float* add(const py::handle& obj, const std::string& name, bool written, int64_t n) {
+    names_.push_back(name);
+    arrays_.push_back(read_cai(obj, names_.back().c_str()));
+    const DevArray& a = arrays_.back();
+    float* p = written ? out_ptr<float>(a) : const_cast<float*>(in_ptr<float>(a));
+    DK_CHECK(a.ptr % alignof(float) == 0, a.name, " must be aligned to 4 bytes");
+    if (n >= 0) check_size(a, n);
+    spans_.push_back({a.ptr, a.ptr + static_cast<uintptr_t>(a.size) * sizeof(float), written, a.name});
+    return p;
+  }
+  int64_t last_size() const { return arrays_.back().size; }
+  // All checks passed: the arrays' common device (-1 when all are empty).
+  int device() {
+    check_no_overlap(spans_);
+    std::vector<const DevArray*> all;
+    for (const DevArray& a : arrays_) all.push_back(&a);
+    return device_of(all);
+  }
+
+ private:
+  std::deque<std::string> names_;  // deques never move their elements: the name pointers stay valid
+  std::deque<DevArray> arrays_;
+  std::vector<Span> spans_;
+};
 
 // Run `launch` (which queues kernels) without the GIL on the arrays' device. device < 0: every
 // array, outputs included, is empty, so there is nothing to compute or write.

@@ -22,6 +22,7 @@ namespace py = pybind11;
 namespace dk::py_cuda {
 
 void bind_layers(py::module_& m);
+void bind_optim(py::module_& m);
 
 namespace {
 
@@ -71,4 +72,5 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("device"));
   dk::py_cuda::bind_layers(m);
+  dk::py_cuda::bind_optim(m);
 }

@@ -242,6 +242,13 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
     if (!winograd_applies(q) || forced("flat") || forced("direct")) return false;
     return forced("winograd") || (q.C >= 16 && q.OC >= 16 && winograd_fills_lanes(q, isa));
   };
+  // the strided input gradient runs one convolution per stride phase (sh*sw of them): when
+  // the phases outnumber the taps (a stride larger than the window, or 1x1 with stride) most
+  // are empty, and hostile strides (up to 2^31) would mean 2^62 phases; the portable col2im
+  // visits the taps only
+  if (dir == ConvDir::backward_input && (p.sh > 1 || p.sw > 1) &&
+      (p.sh > p.dh * (p.KH - 1) + 1 || p.sw > p.dw * (p.KW - 1) + 1 || p.sh * p.sw > p.KH * p.KW))
+    return ConvAlgo::portable;
   switch (dir) {
     case ConvDir::forward:
     case ConvDir::backward_input:
@@ -256,6 +263,9 @@ ConvAlgo choose_conv_algo(const Conv2dParams& p, ConvDir dir, Isa isa) {
       // the input the outer products broadcast from would still read (and page in) all of
       // them; the portable im2col gathers just the taps (1x1 stride-2 layers land here too)
       if (p.sh > p.dh * (p.KH - 1) + 1 || p.sw > p.dw * (p.KW - 1) + 1) return ConvAlgo::portable;
+      // the padded copy is only worth it while padding is small next to the image (hostile
+      // paddings reach 2^31: the copy would be 2^62 elements, the taps' gather a handful)
+      if ((p.H + 2 * p.ph) * (p.W + 2 * p.pw) > 4 * p.H * p.W + 65536) return ConvAlgo::portable;
       // any other stride, padding, dilation: outer products over output pixels, oc vectorized
       return ConvAlgo::direct;
   }

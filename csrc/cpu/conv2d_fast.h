@@ -381,9 +381,15 @@ struct FlatInput {
   int64_t Hz = 0, width = 0;               // phase plane rows and width
   int64_t cs = 0;                          // channel stride in the buffer the kernel reads
   std::vector<int64_t> rows, cols;         // the row / column phases a tap reads (copy)
-  std::vector<int64_t> row_slot, col_slot; // phase -> its position in rows / cols
+  // Position of a phase in rows / cols. A linear search over at most KH (KW) entries: a table
+  // indexed by phase would need `stride` entries, and strides reach 2^31 (hostile but legal).
+  static int64_t slot(const std::vector<int64_t>& v, int64_t phase) {
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i] == phase) return static_cast<int64_t>(i);
+    return -1;
+  }
   int64_t plane_of(int64_t a, int64_t b) const {
-    return (row_slot[a] * static_cast<int64_t>(cols.size()) + col_slot[b]) * Hz * width;
+    return (slot(rows, a) * static_cast<int64_t>(cols.size()) + slot(cols, b)) * Hz * width;
   }
 };
 
@@ -397,21 +403,13 @@ inline FlatInput flat_input(const Conv2dParams& p) {
     in.cs = p.H * p.W;
     return in;
   }
-  in.row_slot.assign(p.sh, -1);
-  in.col_slot.assign(p.sw, -1);
   for (int64_t kh = 0; kh < p.KH; ++kh) {
     const int64_t a = pmod(kh * p.dh - p.ph, p.sh);
-    if (in.row_slot[a] < 0) {
-      in.row_slot[a] = static_cast<int64_t>(in.rows.size());
-      in.rows.push_back(a);
-    }
+    if (FlatInput::slot(in.rows, a) < 0) in.rows.push_back(a);
   }
   for (int64_t kw = 0; kw < p.KW; ++kw) {
     const int64_t b = pmod(kw * p.dw - p.pw, p.sw);
-    if (in.col_slot[b] < 0) {
-      in.col_slot[b] = static_cast<int64_t>(in.cols.size());
-      in.cols.push_back(b);
-    }
+    if (FlatInput::slot(in.cols, b) < 0) in.cols.push_back(b);
   }
   in.cs = static_cast<int64_t>(in.rows.size() * in.cols.size()) * in.Hz * in.width;
   return in;

@@ -14,8 +14,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "common/params.h"
+#include "cpu/optim.h"  // OptimKind, OptimTensor and the row layouts, shared with the CPU
 
 namespace dk::cuda {
 
@@ -62,5 +64,30 @@ void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, cudaStream_
 // ---- activation.cu       any shape, n elements
 void relu_forward(float* y, const float* x, int64_t n, cudaStream_t stream);
 void relu_backward(float* dx, const float* dy, const float* y, int64_t n, cudaStream_t stream);
+
+// ---- optim.cu           multi-tensor passes over `count` float32 tensors (one launch per up to
+// 36 tensors; empty tensors are skipped). The optimizer rows are the CPU's (cpu/optim.h), and
+// each element is computed with the same IEEE operations as the CPU's FMA builds.
+void optim_step(cpu::OptimKind kind, const cpu::OptimTensor<float>* tensors, int64_t count,
+                cudaStream_t stream);
+// avg[k] <- decay * avg[k] + (1 - decay) * x[k]
+void ema_update(float* const* avg, const float* const* x, const int64_t* n, int64_t count, double decay,
+                cudaStream_t stream);
+// x[k] *= s (s rounded to float once)
+void multi_scale(float* const* x, const int64_t* n, int64_t count, double s, cudaStream_t stream);
+// dst[k] <- src[k]
+void multi_copy(float* const* dst, const float* const* src, const int64_t* n, int64_t count,
+                cudaStream_t stream);
+// The reduction under a p-norm of all elements (sum x^2 for p = 2, max |x| for inf, ...), in
+// double, deterministic (per-chunk partials folded in a fixed order). Synchronizes: the result
+// comes back to the host.
+double multi_norm_reduce(const float* const* x, const int64_t* n, int64_t count, double p,
+                         cudaStream_t stream);
+
+// ---- calibrate.cu       the GPU's limits for deepkern bench (each synchronizes)
+// Times (seconds) of `repeats` device-to-device copies of `bytes` bytes (cudaMemcpyAsync).
+std::vector<double> copy_times(int64_t bytes, int repeats);
+// Times (seconds) of `repeats` runs of a kernel doing `flops_out` float32 FMA flops (2 per FMA).
+std::vector<double> fma_times(int repeats, double* flops_out);
 
 }  // namespace dk::cuda

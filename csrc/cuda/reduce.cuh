@@ -10,21 +10,27 @@
 
 namespace dk::cuda {
 
-// All kThreads threads of the block must call it; every thread gets the sum. `smem` holds
-// kThreads values of T. kThreads is a power of two.
-template <int kThreads, class T>
-__device__ __forceinline__ T block_sum(T v, T* smem) {
-  static_assert((kThreads & (kThreads - 1)) == 0, "block_sum needs a power-of-two block");
+// All kThreads threads of the block must call it; every thread gets the result of folding the
+// values with combine(a, b) (thread t's value, thread t + s's value) in the tree above. `smem`
+// holds kThreads values of T. kThreads is a power of two.
+template <int kThreads, class T, class Combine>
+__device__ __forceinline__ T block_reduce(T v, T* smem, Combine combine) {
+  static_assert((kThreads & (kThreads - 1)) == 0, "block_reduce needs a power-of-two block");
   smem[threadIdx.x] = v;
   __syncthreads();
 #pragma unroll
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (static_cast<int>(threadIdx.x) < s) smem[threadIdx.x] += smem[threadIdx.x + s];
+    if (static_cast<int>(threadIdx.x) < s) smem[threadIdx.x] = combine(smem[threadIdx.x], smem[threadIdx.x + s]);
     __syncthreads();
   }
   const T total = smem[0];
   __syncthreads();  // smem may be reused by the caller right away
   return total;
+}
+
+template <int kThreads, class T>
+__device__ __forceinline__ T block_sum(T v, T* smem) {
+  return block_reduce<kThreads>(v, smem, [](T a, T b) { return a + b; });
 }
 
 }  // namespace dk::cuda

@@ -240,3 +240,129 @@ def prepare(op: str, inplace=(), **arrays):
     out = [None if a is None else (a if n in inplace else call.contiguous(a, infos[n]))
            for n, a in arrays.items()]
     return call, out
+
+
+# ---------------------------------------------------------------------------- arrays that live on
+# (deepkern.optim's state, EMA averages, moving models): allocation and host <-> device copies
+# with the array's own library, on its device. Used by the optimizers, the EMA, gradient
+# clipping and deepkern.nn's device helpers.
+
+def is_cuda(a) -> bool:
+    """An array exposing __cuda_array_interface__ (not a NumPy array)."""
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
+def require_cuda():
+    """The cuda backend module (``deepkern._cuda_backend``), or RuntimeError naming why not."""
+    from . import _backend
+
+    mod = _backend._load_cuda()
+    if mod is None:
+        raise _backend._missing("cuda")
+    return mod
+
+
+def device_key(a) -> tuple[str, int]:
+    """(library, device) of a CUDA array: arrays with the same key can share one launch."""
+    lib = library(a)
+    return lib, device_of(a, lib)
+
+
+def dtype(a) -> np.dtype:
+    """NumPy's dtype of any array (PyTorch's dtypes are not NumPy's: read the interface)."""
+    if isinstance(a, np.ndarray) or library_name(a) == "cupy":
+        return np.dtype(a.dtype)
+    return interface(a).dtype
+
+
+def library_name(a) -> str:
+    return type(a).__module__.split(".")[0]
+
+
+def c_contiguous(a) -> bool:
+    if isinstance(a, np.ndarray) or library_name(a) == "cupy":
+        return bool(a.flags.c_contiguous)
+    return bool(a.is_contiguous()) if library_name(a) == "torch" else interface(a).c_contiguous
+
+
+def zeros_like(a):
+    """C-contiguous zeros of a's shape and dtype, of a's library, on a's device."""
+    return full_like(a, 0)
+
+
+def full_like(a, value):
+    """A C-contiguous array of a's shape and dtype filled with value (a's library and device)."""
+    if isinstance(a, np.ndarray):
+        return np.full(a.shape, value, dtype=a.dtype)
+    lib, dev = device_key(a)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(dev):
+            return cupy.full(tuple(a.shape), value, dtype=a.dtype)
+    import torch
+    return torch.full(tuple(a.shape), value, dtype=a.dtype, device=a.device)
+
+
+def copy(a):
+    """A C-contiguous copy of a (a's library, a's device)."""
+    if isinstance(a, np.ndarray):
+        return np.array(a, order="C", copy=True)
+    lib, dev = device_key(a)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(dev):
+            return cupy.array(a, copy=True, order="C")
+    import torch
+    return a.clone(memory_format=torch.contiguous_format)
+
+
+def contiguous(a):
+    """a itself when C-contiguous, else a C-contiguous copy (a's library and device)."""
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a)
+    return a if c_contiguous(a) else copy(a)
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a CUDA array (synchronizes), or a NumPy array itself."""
+    if isinstance(a, np.ndarray):
+        return a
+    lib = library(a)
+    if lib == "cupy":
+        import cupy
+        return cupy.asnumpy(a)
+    return a.detach().cpu().numpy()
+
+
+def from_host(a: np.ndarray, like):
+    """The NumPy array a copied to like's library and device (a's dtype is kept)."""
+    a = np.ascontiguousarray(a)
+    if isinstance(like, np.ndarray):
+        return np.array(a, copy=True)
+    lib, dev = device_key(like)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(dev):
+            return cupy.array(a, copy=True)
+    import torch
+    return torch.from_numpy(a.copy()).to(like.device)
+
+
+def stream_for(a) -> int:
+    """The stream a multi-tensor pass over arrays like ``a`` runs on: the library's current
+    stream on a's device (what CuPy also exports as the interface's ``stream``)."""
+    lib, dev = device_key(a)
+    return current_stream(lib, dev)
+
+
+def find_overlaps(infos, written) -> list[tuple[int, int]]:
+    """Pairs (i, j), i before j in address order, of interfaces whose byte ranges intersect with
+    at least one of the two written: a sorted sweep (O(n log n) when nothing overlaps)."""
+    order = sorted((k for k in range(len(infos)) if infos[k].nbytes), key=lambda k: infos[k].ptr)
+    out, open_ = [], []
+    for j in order:
+        lo = infos[j].ptr
+        open_ = [i for i in open_ if infos[i].ptr + infos[i].nbytes > lo]
+        out += [(i, j) for i in open_ if written[i] or written[j]]
+        open_.append(j)
+    return out

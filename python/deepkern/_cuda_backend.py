@@ -174,3 +174,62 @@ def relu_backward(grad_out, y):
     grad_x = c.empty(_shape(grad_out))
     _cuda.relu_backward(grad_x, grad_out, y, c.stream)
     return grad_x
+
+
+# ---------------------------------------------------------------------------- multi-tensor passes
+# deepkern.optim, EMA and clip_grad_norm_ call these with lists of float32 CUDA arrays of one
+# library on one device (they checked it); each is ONE pass (a launch per up to 36 tensors) on
+# the library's current stream. The binding re-checks every array.
+
+def optim_step(kind: int, params, grads, states, emas, hyper: np.ndarray) -> None:
+    """One fused optimizer step (csrc/cuda/optim.cu): _C.optim_step's arguments, on the GPU."""
+    if not params:
+        return
+    _cuda.optim_step(kind, list(params), list(grads), list(states), None if emas is None else list(emas),
+                     hyper, A.stream_for(params[0]))
+
+
+def ema_update(avgs, xs, decay: float) -> None:
+    if avgs:
+        _cuda.ema_update(list(avgs), list(xs), float(decay), A.stream_for(avgs[0]))
+
+
+def multi_scale(xs, scale: float) -> None:
+    if xs:
+        _cuda.multi_scale(list(xs), float(scale), A.stream_for(xs[0]))
+
+
+def multi_copy(dsts, srcs) -> None:
+    if dsts:
+        _cuda.multi_copy(list(dsts), list(srcs), A.stream_for(dsts[0]))
+
+
+def multi_norm_reduce(xs, p: float) -> float:
+    """The p-norm reduction of all elements in double (synchronizes: the value comes back)."""
+    if not xs:
+        return 0.0
+    return float(_cuda.multi_norm_reduce(list(xs), float(p), A.stream_for(xs[0])))
+
+
+# ---------------------------------------------------------------------------- the GPU's limits
+
+def calibrate(device: int = 0, copy_bytes: int = 1 << 30, repeats: int = 10) -> dict:
+    """deepkern bench's limits of a GPU, measured now (synchronizes; ~1 s):
+
+    copy_gbps   device-to-device cudaMemcpy of copy_bytes, counting the bytes read and written
+                (2 x copy_bytes per copy): the bandwidth a streaming kernel can reach
+    fma_gflops  float32 FMAs in registers on every SM (2 flops per FMA)
+
+    Best of ``repeats`` runs (and the medians).
+    """
+    import statistics
+
+    secs = _cuda.calibrate_copy(int(device), int(copy_bytes), int(repeats))
+    fma = _cuda.calibrate_fma(int(device), int(repeats))
+    props = _cuda.device_properties(int(device))
+    return {"device": props["name"], "compute_capability": props["compute_capability"],
+            "copy_bytes": int(copy_bytes),
+            "copy_gbps": 2 * copy_bytes / min(secs) / 1e9,
+            "copy_gbps_median": 2 * copy_bytes / statistics.median(secs) / 1e9,
+            "fma_gflops": fma["flops_per_run"] / min(fma["seconds"]) / 1e9,
+            "fma_gflops_median": fma["flops_per_run"] / statistics.median(fma["seconds"]) / 1e9}

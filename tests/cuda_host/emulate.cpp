@@ -17,6 +17,7 @@
 #include "cuda/batch_norm.cu"
 #include "cuda/conv2d.cu"
 #include "cuda/dropout.cu"
+#include "cuda/optim.cu"
 #include "cuda/pool2d.cu"
 
 namespace {
@@ -42,12 +43,32 @@ Pool2dParams pool_params(const int64_t* a) {
   return p;
 }
 
-// reduce.cuh's block_sum: 256 values added in the same fixed tree.
+// reduce.cuh's block_reduce: 256 values folded in the same fixed tree, combine(v[t], v[t + s]).
+template <class T, class Combine>
+T block_fold(std::vector<T> v, Combine combine) {
+  for (int s = kThreads / 2; s > 0; s >>= 1)
+    for (int t = 0; t < s; ++t) v[t] = combine(v[t], v[t + s]);
+  return v[0];
+}
+
 template <class T>
 T block_sum(std::vector<T> v) {
-  for (int s = kThreads / 2; s > 0; s >>= 1)
-    for (int t = 0; t < s; ++t) v[t] += v[t + s];
-  return v[0];
+  return block_fold(std::move(v), [](T a, T b) { return a + b; });
+}
+
+// optim.cu's apply_kernel, for every table of a plan: every block b updates each element of
+// its chunk once (the device does most of them four at a time; the arithmetic is the same).
+// Returns the number of launches.
+template <class Coef>
+int64_t mt_apply(const std::vector<mt::Table<Coef>>& tables) {
+  for (const mt::Table<Coef>& tb : tables)
+    for (int64_t b = 0; b < tb.nchunks; ++b) {
+      const int k = mt::find_slot(tb, b);
+      int64_t begin, end;
+      mt::chunk_range(tb, k, b, begin, end);
+      for (int64_t i = begin; i < end; ++i) mt::step_element(tb.t[k], tb.rows[tb.t[k].row], i);
+    }
+  return static_cast<int64_t>(tables.size());
 }
 
 // conv2d.cu's igemm_kernel: all blocks (column tile, row tile, group * split), each thread of
@@ -225,6 +246,67 @@ void emu_relu_forward(float* y, const float* x, int64_t n) {
 
 void emu_relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) act::relu_backward_element(dx, dy, y, i);
+}
+
+// ---------------------------------------------------------------- multi-tensor passes
+// Tensors cross as arrays of pointers (a null pointer: no such array); states holds three per
+// tensor (states[3k + j]). Each returns the number of launches its plan needs.
+int64_t emu_optim_step(int kind, float** params, float** grads, float** states, float** emas,
+                       const int64_t* n, const double* hyper, int64_t count, int64_t H) {
+  std::vector<cpu::OptimTensor<float>> t(static_cast<size_t>(count));
+  for (int64_t k = 0; k < count; ++k) {
+    t[k].param = params[k];
+    t[k].grad = grads[k];
+    for (int j = 0; j < 3; ++j) t[k].state[j] = states[3 * k + j];
+    t[k].ema = emas ? emas[k] : nullptr;
+    t[k].n = n[k];
+    t[k].hyper = hyper + k * H;
+  }
+  int64_t launches = 0;
+  mt::with_step_plan(static_cast<cpu::OptimKind>(kind), t.data(), count,
+                     [&](const auto& tables) { launches = mt_apply(tables); });
+  return launches;
+}
+
+int64_t emu_ema_update(float** avg, float** x, const int64_t* n, int64_t count, double decay) {
+  const mt::EmaUpdateCoef c{mt::ema_coef(decay)};
+  return mt_apply(mt::plan<mt::EmaUpdateCoef>(mt::pair_tensors(avg, x, n, count), 0,
+                                              [&](const double*) { return c; }));
+}
+
+int64_t emu_multi_scale(float** x, const int64_t* n, int64_t count, double s) {
+  const mt::ScaleCoef c{static_cast<float>(s)};
+  return mt_apply(mt::plan<mt::ScaleCoef>(mt::pair_tensors(x, nullptr, n, count), 0,
+                                          [&](const double*) { return c; }));
+}
+
+int64_t emu_multi_copy(float** dst, float** src, const int64_t* n, int64_t count) {
+  return mt_apply(mt::plan<mt::CopyCoef>(mt::pair_tensors(dst, src, n, count), 0,
+                                         [](const double*) { return mt::CopyCoef{0}; }));
+}
+
+// norm_partial_kernel over every table (partials in launch order), then norm_fold_kernel.
+double emu_multi_norm_reduce(float** x, const int64_t* n, int64_t count, double p, int64_t* launches) {
+  const mt::NormCoef c = mt::norm_coef(p);
+  const auto combine = [&](double a, double b) { return mt::norm_combine(c, a, b); };
+  const auto tables = mt::plan<mt::NormCoef>(mt::pair_tensors(x, nullptr, n, count), 0,
+                                             [&](const double*) { return c; });
+  *launches = static_cast<int64_t>(tables.size());
+  std::vector<double> partial;
+  for (const auto& tb : tables)
+    for (int64_t b = 0; b < tb.nchunks; ++b) {
+      const int k = mt::find_slot(tb, b);
+      int64_t begin, end;
+      mt::chunk_range(tb, k, b, begin, end);
+      std::vector<double> v(kThreads);
+      for (int t = 0; t < kThreads; ++t) v[t] = mt::norm_thread(c, tb.t[k].ptr[mt::kP], begin, end, t, kThreads);
+      partial.push_back(block_fold(v, combine));
+    }
+  if (partial.empty()) return mt::norm_identity(c);
+  std::vector<double> v(kThreads);
+  for (int t = 0; t < kThreads; ++t)
+    v[t] = mt::fold_thread(c, partial.data(), static_cast<int64_t>(partial.size()), t, kThreads);
+  return block_fold(v, combine);
 }
 
 }  // extern "C"

@@ -90,6 +90,8 @@ def run_suite(ops=None, backends=None, threads=0, repeat=0, quick=False, progres
                           settle_s=0.02 if quick else 0.15)
     be = runner.resolve_backends(backends, threads)
     calib = calibration or calibrate.get(quick=quick, progress=report.progress_printer(progress is not False))
+    if any(getattr(b, "device", None) == "cuda" for b in be.values()) and "gpu" not in calib:
+        calib = dict(calib, gpu=calibrate.gpu(quick=quick))  # the limits of the cuda rows
     rows = runner.run(selected, be, policy, calib, progress=progress)
     settings = {"threads": threads, "quick": quick, "ops": ops, "backends": list(be),
                 "warmup": policy.warmup, "max_runs": policy.max_runs, "min_runs": policy.min_runs,

@@ -8,7 +8,8 @@ validation, which timer measures it, and the context a call runs in. The deepker
     cuda    the CUDA kernels on CuPy arrays, timed with CUDA events
 
 and ``torch`` is PyTorch's CPU path on the same inputs (``torch.from_numpy``), with
-``torch.set_num_threads`` set to deepkern's thread count.
+``torch.set_num_threads`` set to deepkern's thread count; ``torch_cuda`` is PyTorch on the GPU
+(cuDNN, its fused optimizers), timed with CUDA events, TF32 off (as deepkern's FP32 kernels).
 
 To add a device, register a factory in ``FACTORIES`` (and its name in ``ORDER``): the cases
 call only ``to_device``, ``to_host`` and ``context()``, the runner only ``timer`` (a
@@ -22,7 +23,7 @@ import contextlib
 
 import numpy as np
 
-ORDER = ("numpy", "cpu", "cuda", "torch")
+ORDER = ("numpy", "cpu", "cuda", "torch", "torch_cuda")
 
 
 class Unavailable(Exception):
@@ -138,6 +139,45 @@ class TorchBackend(Backend):
     def describe(self) -> str:
         return f"torch {self.torch.__version__} ({self.torch.get_num_threads()} threads)"
 
+    def tensor(self, a):
+        """A tensor of this backend holding a copy of the NumPy array a."""
+        return self.torch.tensor(a)
+
+
+class TorchCudaBackend(TorchBackend):
+    """PyTorch on the GPU: cuDNN convolutions, its CUDA kernels and fused optimizers, on the
+    current CUDA device, timed with CUDA events. TF32 is switched off for the comparison."""
+
+    device = "cuda"
+
+    def __init__(self, name: str = "torch_cuda", threads: int | None = None):
+        super().__init__(name, threads)
+        torch = self.torch
+        if not torch.cuda.is_available():
+            raise Unavailable(f"PyTorch {torch.__version__} sees no CUDA device")
+        from .timing import TorchCudaEventTimer
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        self.timer = TorchCudaEventTimer(torch)
+
+    def to_device(self, inputs):
+        return _map(inputs, lambda a: self.torch.from_numpy(a).cuda())
+
+    def to_host(self, out):
+        def host(v):
+            return v.detach().cpu().numpy() if isinstance(v, self.torch.Tensor) else v
+
+        if isinstance(out, (list, tuple)):
+            return type(out)(host(v) for v in out)
+        return host(out)
+
+    def tensor(self, a):
+        return self.torch.tensor(a, device="cuda")
+
+    def describe(self) -> str:
+        return f"torch {self.torch.__version__} on {self.torch.cuda.get_device_name()}"
+
 
 # name -> factory(name, threads) of the Backend; a new device registers here.
 FACTORIES = {
@@ -145,6 +185,7 @@ FACTORIES = {
     "cpu": lambda name, threads: Backend(name),
     "cuda": lambda name, threads: CudaBackend(name),
     "torch": lambda name, threads: TorchBackend(name, threads),
+    "torch_cuda": lambda name, threads: TorchCudaBackend(name, threads),
 }
 
 
@@ -154,7 +195,7 @@ def available(name: str, threads: int | None = None) -> Backend:
 
     if name not in FACTORIES:
         raise ValueError(f"unknown backend '{name}'; expected some of {', '.join(FACTORIES)}")
-    if name != "torch" and name not in deepkern.backends():
+    if name not in ("torch", "torch_cuda") and name not in deepkern.backends():
         from .._backend import cuda_unavailable_reason
 
         raise Unavailable(f"deepkern's {name} backend is not available: {cuda_unavailable_reason()}")

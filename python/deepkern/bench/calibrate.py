@@ -151,6 +151,24 @@ def triad_gbps_at(calib: dict, nbytes: float) -> float:
     return curve[-1]["gbps"]  # pragma: no cover  (the curve is sorted)
 
 
+def gpu(quick: bool = False, device: int | None = None):
+    """The current GPU's limits for the cuda rows (deepkern._cuda_backend.calibrate: a
+    device-to-device copy of 1 GiB (quick: 256 MiB) and an FMA-rate kernel), measured now;
+    None when deepkern's cuda backend is not available."""
+    from .._backend import _load_cuda
+
+    mod = _load_cuda()
+    if mod is None:
+        return None
+    if device is None:
+        try:
+            import cupy
+            device = cupy.cuda.Device().id
+        except ImportError:
+            device = 0
+    return mod.calibrate(device, (256 << 20) if quick else (1 << 30), 5 if quick else 10)
+
+
 # ---------------------------------------------------------------------------- the cache
 
 def cache_path() -> Path:

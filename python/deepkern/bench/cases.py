@@ -568,19 +568,19 @@ def optim_cases(numel: int, ntensors: int = 20) -> list[Case]:
             out = []
             for mode, flags in (("fused", {"fused": True}), ("foreach", {"foreach": True}),
                                 ("for-loop", {"foreach": False})):
-                params = [torch.tensor(p) for p in inp["p"]]
+                params = [b.tensor(p) for p in inp["p"]]  # on the backend's device
                 for prm, g in zip(params, inp["g"]):
                     prm.requires_grad_(True)
                     # a private copy: PyTorch's foreach SGD with nesterov adds the momentum
                     # into .grad in place (deepkern's step never writes .grad)
-                    prm.grad = torch.tensor(g)
+                    prm.grad = b.tensor(g)
                 try:
                     opt = cls(params, **spec.torch_kwargs, **flags)
                 except (TypeError, ValueError, RuntimeError):
                     continue  # this optimizer has no such mode in this PyTorch
                 def first(opt=opt, params=params):
                     opt.step()
-                    return [prm.detach().numpy() for prm in params]
+                    return [b.to_host(prm) for prm in params]
                 out.append((mode, Prepared(opt.step, first)))
             return out
 
@@ -635,7 +635,7 @@ def epoch_cases(steps: int | None) -> list[Case]:
     return [Case(
         id="train/epoch", op="train", direction="epoch", shape=desc, group="train",
         setup=dict, deepkern=lambda b, inp: build(b.name),
-        torch=lambda b, inp: [("torch", build("torch"))], reference=None,
+        torch=lambda b, inp: [("torch", build(b.name))], reference=None,
         work_note="wall time of one epoch (forward, loss, backward, optimizer step per batch)",
         check=check_loss, torch_check=check_loss)]
 

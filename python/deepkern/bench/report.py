@@ -118,7 +118,9 @@ def calibration_lines(calib: dict) -> list[str]:
         f"(far beyond the {_size(calib.get('l3_bytes') or 0)} L3); "
         f"{at(32 << 20):.0f} GB/s on 32 MiB",
         f"  triad curve  GB/s by working set: {pts}",
-    ]
+    ] + ([f"  GPU          {g['device']}: device-to-device copy {g['copy_gbps']:.0f} GB/s, "
+          f"FMA {g['fma_gflops'] / 1e3:.1f} TFLOP/s (measured now; limits of the cuda rows)"]
+         if (g := calib.get("gpu")) else [])
 
 
 def _size(n: float) -> str:
@@ -246,7 +248,7 @@ def markdown(doc: dict, backend: str = "cpu", cases=None) -> str:
     for r in doc["results"]:
         by_case.setdefault(r["case"], {})[r["backend"]] = r
     for case, rs in by_case.items():
-        r, t = rs.get(backend), rs.get("torch")
+        r, t = rs.get(backend), rs.get("torch_cuda" if backend == "cuda" else "torch")
         if r is None or (cases is not None and case not in cases):
             continue
         tms = f"{_fmt_ms(t['median_ms'])} ({t['impl']})" if t and t["status"] == "ok" and \

@@ -34,31 +34,39 @@ def _row(case: Case, backend: str, **kw) -> dict:
     return row
 
 
-def _limits(case: Case, calib: dict) -> dict:
-    """The machine's limit for this case.
+def _limits(case: Case, calib: dict, device: str = "cpu") -> dict:
+    """The machine's limit for this case on ``device`` ("cpu" or "cuda").
 
-    Memory-bound: the triad bandwidth on a working set of the case's footprint.
+    Memory-bound: the CPU's triad bandwidth on a working set of the case's footprint, or the
+    GPU's device-to-device copy bandwidth ("copy").
     Convolution: the roofline min(FMA peak, arithmetic intensity x that bandwidth), so a conv
     with few flops per byte (the depthwise c7) is held to what memory allows.
     """
     if case.bound is None or not calib:
         return {}
-    bw = calibrate.triad_gbps_at(calib, case.footprint or case.bytes or 0)
+    if device == "cuda":
+        gpu = calib.get("gpu")
+        if not gpu:
+            return {}
+        bw, peak, bw_kind = gpu["copy_gbps"], gpu["fma_gflops"], "copy"
+    else:
+        bw, peak, bw_kind = calibrate.triad_gbps_at(calib, case.footprint or case.bytes or 0), None, "triad"
     if case.bound == "bytes":
-        return {"limit": bw, "limit_unit": "GB/s", "limit_kind": "triad"}
-    peak = calib["fma_gflops"]
+        return {"limit": bw, "limit_unit": "GB/s", "limit_kind": bw_kind}
+    peak = calib["fma_gflops"] if peak is None else peak
     mem_roof = (case.flops / case.bytes) * bw if case.bytes else float("inf")
     if peak <= mem_roof:
         return {"limit": peak, "limit_unit": "GFLOP/s", "limit_kind": "FMA"}
-    return {"limit": mem_roof, "limit_unit": "GFLOP/s", "limit_kind": "triad"}
+    return {"limit": mem_roof, "limit_unit": "GFLOP/s", "limit_kind": bw_kind}
 
 
 def _derive(rows: list[dict], case: Case, calib: dict) -> None:
     """Rates, % of limit and speed-ups of the ok rows of one case (in place)."""
     ok = {r["backend"]: r for r in rows if r["status"] == "ok"}
     ref_ms = ok["numpy"]["median_ms"] if "numpy" in ok else None
-    torch_ms = ok["torch"]["median_ms"] if "torch" in ok else None
-    lim = _limits(case, calib)
+    # PyTorch on the same device: its CPU path for cpu rows, its CUDA path for cuda rows
+    torch_ms = {dev: ok[name]["median_ms"] if name in ok else None
+                for dev, name in (("cpu", "torch"), ("cuda", "torch_cuda"))}
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -66,13 +74,14 @@ def _derive(rows: list[dict], case: Case, calib: dict) -> None:
         r["gflops"] = case.flops / s / 1e9 if case.flops else None
         r["gbps"] = case.bytes / s / 1e9 if case.bytes else None
         rate = r["gflops"] if case.bound == "flops" else r["gbps"]
-        if r.get("device", "cpu") == "cpu":  # the measured limits are the CPU's
-            r.update(lim)
-            r["pct_of_limit"] = 100.0 * rate / lim["limit"] if lim and rate else None
-        else:
-            r["pct_of_limit"] = None
+        dev = r.get("device", "cpu")
+        lim = _limits(case, calib, dev)  # the CPU's measured limits, or the GPU's (calib["gpu"])
+        r.update(lim)
+        r["pct_of_limit"] = 100.0 * rate / lim["limit"] if lim and rate else None
         r["speedup_vs_ref"] = ref_ms / r["median_ms"] if ref_ms and r["backend"] != "numpy" else None
-        r["speedup_vs_torch"] = torch_ms / r["median_ms"] if torch_ms and r["backend"] != "torch" else None
+        t_ms = torch_ms.get(dev)
+        is_torch = r["backend"] in ("torch", "torch_cuda")
+        r["speedup_vs_torch"] = t_ms / r["median_ms"] if t_ms and not is_torch else None
 
 
 def _validate(case: Case, backend, got, get_ref, inputs) -> None:
@@ -186,8 +195,9 @@ def resolve_backends(names: list[str] | None, threads: int | None) -> dict:
     import deepkern
 
     explicit = bool(names)
-    if not names:
-        names = [n for n in ORDER if n in deepkern.backends() or n == "torch"]
+    if not names:  # PyTorch's GPU rows when deepkern's cuda backend runs here
+        names = [n for n in ORDER if n in deepkern.backends() or n == "torch"
+                 or (n == "torch_cuda" and "cuda" in deepkern.backends())]
     out = {}
     for n in sorted(set(names), key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         try:

@@ -81,6 +81,27 @@ class CudaEventTimer:
         self._cupy.cuda.get_current_stream().synchronize()
 
 
+class TorchCudaEventTimer:
+    """CudaEventTimer for PyTorch's rows: torch.cuda events on its current stream."""
+
+    name = "cuda_events"
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def time(self, fn) -> float:
+        cuda = self._torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize()
+
+
 @dataclass
 class TimingPolicy:
     """How many runs a measurement gets.

@@ -8,6 +8,7 @@ import numbers
 import numpy as np
 
 from .. import _C, _backend
+from .. import _arrays as A
 from .parameter import Parameter
 
 __all__ = ["clip_grad_norm_", "total_norm"]
@@ -53,22 +54,34 @@ def total_norm(grads, norm_type=2.0) -> float:
 
     One C++ pass per dtype, accumulated in double over a fixed block list (deterministic for
     any thread count); the float32 and float64 partials are then combined in that order.
+    CUDA arrays (float32): one two-level reduction per device (csrc/cuda/optim.cu), in double,
+    deterministic (per-chunk partials folded in a fixed order, no atomics); it agrees with the
+    CPU's result to double rounding (a different summation order), and reads the value back
+    (a synchronization). NumPy and CUDA arrays cannot be mixed (TypeError).
     """
     p = _check_norm_type(norm_type)
-    if _backend.current() == "numpy":
+    grads = list(grads)
+    cuda = [g for g in grads if A.is_cuda(g)]
+    if cuda and len(cuda) != len(grads):
+        raise TypeError("total_norm: cannot mix NumPy and CUDA arrays")
+    if _backend.current() == "numpy" and not cuda:
         from ..optim.reference import total_norm as reference_total_norm
         return reference_total_norm([g for g in grads if g.size], p)
-    by_dtype: dict[np.dtype, list] = {}
+    by_dtype: dict = {}
     for g in grads:
-        if g.size:
-            by_dtype.setdefault(g.dtype, []).append(np.ascontiguousarray(g))
+        if math.prod(g.shape):  # (a torch tensor's .size is a method)
+            key = A.device_key(g) if cuda else g.dtype
+            by_dtype.setdefault(key, []).append(A.contiguous(g))
     if not by_dtype:
         return 0.0
     r = None
-    for dt in _FLOATS:
+    for dt in (sorted(by_dtype) if cuda else _FLOATS):
         if dt not in by_dtype:
             continue
-        part = float(_C.multi_norm_reduce(by_dtype[dt], p))
+        if cuda:
+            part = A.require_cuda().multi_norm_reduce(by_dtype[dt], p)
+        else:
+            part = float(_C.multi_norm_reduce(by_dtype[dt], p))
         if r is None:
             r = part
         elif p == math.inf:
@@ -106,6 +119,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     ``min(1, max_norm / (total + 1e-6))`` (also when that is 1, as PyTorch does; the product
     is then exact). Gradients must be writeable; all are checked before any is scaled.
     A negative or NaN max_norm is a ValueError (PyTorch would flip or NaN the gradients).
+    CUDA gradients (float32, one device or several, never mixed with NumPy ones) are reduced
+    and scaled on the GPU, one launch per pass and device; returning the norm as a float
+    synchronizes.
     """
     if isinstance(parameters, Parameter):
         parameters = [parameters]
@@ -122,8 +138,17 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             continue
         if isinstance(g, np.generic):  # a NumPy scalar cannot be scaled in place: make it a 0-d array
             p.grad = g = np.array(g)
+        if A.is_cuda(g):
+            if A.dtype(g) != np.float32:
+                raise TypeError(f"parameters[{i}].grad has unsupported dtype {A.dtype(g).name} on the cuda "
+                                "backend; CUDA gradients must be float32")
+            if A.interface(g, f"parameters[{i}].grad").readonly:
+                raise ValueError(f"parameters[{i}].grad is read-only; clip_grad_norm_ scales it in place")
+            seen.add(id(g))
+            grads.append(g)
+            continue
         if not isinstance(g, np.ndarray):
-            raise TypeError(f"parameters[{i}].grad must be a numpy.ndarray, got {type(g).__name__}")
+            raise TypeError(f"parameters[{i}].grad must be a numpy.ndarray (or a CUDA array), got {type(g).__name__}")
         if g.dtype not in _FLOATS:
             raise TypeError(f"parameters[{i}].grad has unsupported dtype {g.dtype.name}; "
                             "deepkern supports float32 or float64")
@@ -139,15 +164,20 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     coef = max_norm / (total + 1e-6)
     if coef > 1.0:  # (a NaN coefficient is kept, as PyTorch's clamp keeps it)
         coef = 1.0
-    in_cpp: dict[np.dtype, list] = {}  # contiguous ones: one C++ pass per dtype
+    in_cpp: dict = {}  # contiguous ones: one C++ pass per dtype, one CUDA launch per device
     rest = []
     for g in grads:
-        if g.flags.c_contiguous and _backend.current() != "numpy":
+        if A.is_cuda(g) and A.c_contiguous(g):
+            in_cpp.setdefault(A.device_key(g), []).append(g)
+        elif not A.is_cuda(g) and g.flags.c_contiguous and _backend.current() != "numpy":
             in_cpp.setdefault(g.dtype, []).append(g)
         else:
             rest.append(g)
-    for xs in in_cpp.values():
-        _C.multi_scale(xs, coef)
+    for key, xs in in_cpp.items():
+        if isinstance(key, tuple):
+            A.require_cuda().multi_scale(xs, coef)
+        else:
+            _C.multi_scale(xs, coef)
     for g in rest:
         g *= g.dtype.type(coef)
     return total

@@ -42,3 +42,24 @@ def multi_scale(xs, scale: float) -> None:
 
 def multi_norm_reduce(xs, p: float) -> float:
     return float(_C.multi_norm_reduce(list(xs), float(p)))
+
+
+# ---- CUDA arrays: the same calls on csrc/cuda/optim.cu (one launch per up to 36 tensors),
+# through deepkern._cuda_backend (RuntimeError naming the reason when the backend is missing).
+
+def _cuda():
+    from .._arrays import require_cuda
+
+    return require_cuda()
+
+
+def optim_step_cuda(kind: str, params, grads, states, emas, rows) -> None:
+    _cuda().optim_step(KINDS[kind], params, grads, states, emas, rows_to_matrix(kind, rows))
+
+
+def ema_update_cuda(avgs, xs, decay: float) -> None:
+    _cuda().ema_update(list(avgs), list(xs), float(decay))
+
+
+def multi_copy_cuda(dsts, srcs) -> None:
+    _cuda().multi_copy(list(dsts), list(srcs))

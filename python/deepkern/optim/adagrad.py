@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import reference
-from .optimizer import Optimizer, bool_option, nonneg_option
+from .optimizer import Optimizer, bool_option, full_like, nonneg_option
 
 
 class Adagrad(Optimizer):
@@ -60,12 +58,11 @@ class Adagrad(Optimizer):
         bool_option(group, "maximize")
 
     def _init_state(self, p, group):
-        self.state[p] = {"step": 0, "sum": np.full(p.data.shape, group["initial_accumulator_value"],
-                                                   dtype=p.data.dtype)}
+        self.state[p] = {"step": 0, "sum": full_like(p.data, group["initial_accumulator_value"])}
 
     def _kernel_state(self, group, st, new, data):
         if "sum" not in st:  # e.g. after load_state_dict of a state without this parameter
-            new["sum"] = np.full(data.shape, group["initial_accumulator_value"], dtype=data.dtype)
+            new["sum"] = full_like(data, group["initial_accumulator_value"])
         return [new.get("sum", st.get("sum")), None, None]
 
     def _row(self, group, st, new):

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .. import _arrays as A
 from .. import _backend
 from ..nn.parameter import Parameter
 from . import _kernel, reference
@@ -14,10 +15,16 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _data(x, where):
-    """The array behind a Parameter (or an ndarray given directly)."""
+    """The array behind a Parameter (or an array given directly)."""
     a = x.data if isinstance(x, Parameter) else x
+    if A.is_cuda(a):
+        if A.dtype(a) != np.float32:
+            raise TypeError(f"{where}: unsupported dtype {A.dtype(a).name} on the cuda backend; CUDA "
+                            "parameters must be float32")
+        A.library(a)
+        return a
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{where}: EMA tracks Parameters or numpy.ndarrays, got {type(x).__name__}")
+        raise TypeError(f"{where}: EMA tracks Parameters or numpy.ndarrays (or CUDA arrays), got {type(x).__name__}")
     if a.dtype not in _FLOATS:
         raise TypeError(f"{where}: unsupported dtype {a.dtype.name}; deepkern supports float32 or float64")
     return a
@@ -34,7 +41,8 @@ class EMA:
 
         avg <- decay * avg + (1 - decay) * p
 
-    for every tracked parameter in one C++ call (per dtype). With decay 0.999 the average
+    for every tracked parameter in one C++ call (per dtype; CUDA parameters: one kernel launch
+    per device, the average living on the parameter's device). With decay 0.999 the average
     spans roughly the last 1 / (1 - decay) = 1000 updates. Evaluating with the averaged
     weights (``copy_to``) often generalizes better than the last iterate: Polyak-Ruppert
     averaging, the cheap cousin of snapshot ensembles.
@@ -44,7 +52,9 @@ class EMA:
     every parameter; the result is bitwise the same as ``optimizer.step(); ema.update()``.
 
     Attributes: ``decay``, ``num_updates``, ``params`` (what is tracked), ``shadow`` (the
-    averages, C-contiguous arrays in the parameters' dtypes).
+    averages, C-contiguous arrays in the parameters' dtypes, libraries and devices).
+    ``state_dict()`` holds host (NumPy) copies; ``load_state_dict`` copies them back to the
+    averages' devices.
     """
 
     def __init__(self, params, decay: float = 0.999):
@@ -54,7 +64,7 @@ class EMA:
         self.params = list(params)
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("EMA got the same parameter twice")
-        self.shadow = [np.array(_data(p, f"params[{i}]"), order="C", copy=True) for i, p in enumerate(self.params)]
+        self.shadow = [A.copy(_data(p, f"params[{i}]")) for i, p in enumerate(self.params)]
         self.num_updates = 0
         self._index = {id(p): i for i, p in enumerate(self.params)}
 
@@ -63,11 +73,13 @@ class EMA:
         current = []
         for i, (p, avg) in enumerate(zip(self.params, self.shadow)):
             a = _data(p, f"params[{i}]")
-            if a.shape != avg.shape:
-                raise ValueError(f"EMA params[{i}] now has shape {a.shape}, its average {avg.shape}")
-            if a.dtype != avg.dtype:
-                raise TypeError(f"EMA params[{i}] is now {a.dtype.name}, its average {avg.dtype.name}")
-            if np.may_share_memory(a, avg):
+            if A.is_cuda(a) or A.is_cuda(avg):
+                _check_same_device(a, avg, f"EMA params[{i}]")
+            if tuple(a.shape) != tuple(avg.shape):
+                raise ValueError(f"EMA params[{i}] now has shape {tuple(a.shape)}, its average {tuple(avg.shape)}")
+            if A.dtype(a) != A.dtype(avg):
+                raise TypeError(f"EMA params[{i}] is now {A.dtype(a).name}, its average {A.dtype(avg).name}")
+            if A.may_share_memory(a, avg) if A.is_cuda(a) else np.may_share_memory(a, avg):
                 raise ValueError(f"EMA params[{i}] shares memory with its average")
             current.append(a)
         return current
@@ -83,13 +95,15 @@ class EMA:
                 avg = self.shadow[i]
                 avg[...] = reference.ema(avg.astype(np.float64), current[i].astype(np.float64), self.decay)
             return
-        batches: dict[np.dtype, tuple[list, list]] = {}
+        batches: dict = {}
         for i in indices:
-            avgs, xs = batches.setdefault(self.shadow[i].dtype, ([], []))
-            avgs.append(self.shadow[i])
-            xs.append(np.ascontiguousarray(current[i]))
-        for avgs, xs in batches.values():
-            _kernel.ema_update(avgs, xs, self.decay)
+            avg = self.shadow[i]
+            key = A.device_key(avg) if A.is_cuda(avg) else avg.dtype
+            avgs, xs = batches.setdefault(key, ([], []))
+            avgs.append(avg)
+            xs.append(A.contiguous(current[i]))
+        for key, (avgs, xs) in batches.items():
+            (_kernel.ema_update_cuda if isinstance(key, tuple) else _kernel.ema_update)(avgs, xs, self.decay)
 
     def _shadow_of(self, p):
         i = self._index.get(id(p))
@@ -115,18 +129,33 @@ class EMA:
         arrays = []
         for i, (t, avg) in enumerate(zip(targets, self.shadow)):
             a = _data(t, f"params[{i}]")
-            if a.shape != avg.shape:
-                raise ValueError(f"copy_to: params[{i}] has shape {a.shape}, its average {avg.shape}")
-            if not a.flags.writeable:
+            if tuple(a.shape) != tuple(avg.shape):
+                raise ValueError(f"copy_to: params[{i}] has shape {tuple(a.shape)}, its average {tuple(avg.shape)}")
+            if A.is_cuda(a) or A.is_cuda(avg):
+                _check_same_device(a, avg, f"copy_to: params[{i}]")
+                if A.interface(a).readonly:
+                    raise ValueError(f"copy_to: params[{i}] is read-only")
+            elif not a.flags.writeable:
                 raise ValueError(f"copy_to: params[{i}] is read-only")
             arrays.append(a)
+        cuda: dict = {}  # contiguous CUDA targets: one launch per device
         for a, avg in zip(arrays, self.shadow):
-            np.copyto(a, avg, casting="same_kind")
+            if A.is_cuda(a) and A.c_contiguous(a):
+                dsts, srcs = cuda.setdefault(A.device_key(a), ([], []))
+                dsts.append(a)
+                srcs.append(avg)
+            elif A.is_cuda(a):
+                a[...] = avg  # a strided CUDA view: its library's copy
+            else:
+                np.copyto(a, avg, casting="same_kind")
+        for dsts, srcs in cuda.values():
+            _kernel.multi_copy_cuda(dsts, srcs)
 
     def state_dict(self) -> dict:
-        """{"decay": float, "num_updates": int, "shadow": [ndarray copies]} (save with
-        deepkern.optim.save_state)."""
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [a.copy() for a in self.shadow]}
+        """{"decay": float, "num_updates": int, "shadow": [ndarray copies]} (host copies also for
+        CUDA averages; save with deepkern.optim.save_state)."""
+        return {"decay": self.decay, "num_updates": self.num_updates,
+                "shadow": [A.to_host(a).copy() for a in self.shadow]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore averages, decay and count; validated first (ValueError/TypeError, nothing
@@ -144,16 +173,28 @@ class EMA:
             raise ValueError(f"EMA state_dict holds {len(saved)} averages, this EMA tracks {len(self.shadow)}")
         new = []
         for i, (s, cur) in enumerate(zip(saved, self.shadow)):
-            a = np.asarray(s)
+            a = A.to_host(s) if A.is_cuda(s) else np.asarray(s)
             if a.dtype.kind != "f":
                 raise TypeError(f"EMA state_dict shadow[{i}]: expected a floating array, got {a.dtype.name}")
-            if a.shape != cur.shape:
-                raise ValueError(f"EMA state_dict shadow[{i}] has shape {a.shape}, expected {cur.shape}")
-            new.append(np.array(a, dtype=cur.dtype, order="C", copy=True))
+            if a.shape != tuple(cur.shape):
+                raise ValueError(f"EMA state_dict shadow[{i}] has shape {a.shape}, expected {tuple(cur.shape)}")
+            if A.is_cuda(cur):
+                new.append(A.from_host(a.astype(A.dtype(cur)), like=cur))
+            else:
+                new.append(np.array(a, dtype=cur.dtype, order="C", copy=True))
         self.decay, self.num_updates, self.shadow = decay, int(n), new
 
     def __repr__(self):
         return f"EMA(decay={self.decay}, tensors={len(self.shadow)}, num_updates={self.num_updates})"
+
+
+def _check_same_device(a, avg, where):
+    """A parameter and its average are both CUDA arrays on one device (or both NumPy)."""
+    if A.is_cuda(a) != A.is_cuda(avg):
+        here = "a CUDA array" if A.is_cuda(a) else "a NumPy array"
+        raise TypeError(f"{where} is {here} but its average is not; create the EMA after moving the model")
+    if A.device_key(a) != A.device_key(avg):
+        raise ValueError(f"{where} is a {A.device_key(a)} array, its average {A.device_key(avg)}")
 
 
 def _check_decay(decay):

@@ -26,6 +26,16 @@ back into the caller's view, so it is correct but pays two extra copies; keep pa
 contiguous for memory speed (``Parameter()`` makes its array contiguous). A non-contiguous
 gradient is copied (it is only read). An array whose elements overlap (a zero stride) is
 refused: an in-place update of it has no meaning.
+
+CUDA parameters (CuPy arrays or PyTorch CUDA tensors, float32) step on the GPU: the same
+per-tensor rows go to csrc/cuda/optim.cu, all parameters of a device in one launch (per up to
+36 tensors), on the library's current stream, with the CPU's arithmetic (bit for bit the CPU's
+AVX2/AVX-512 result). The state lives on the parameter's device, created with its library.
+A group's parameters must be on one device, and one optimizer cannot mix NumPy and CUDA
+parameters (TypeError). CUDA parameters must be C-contiguous (they are updated in place);
+their gradients must be CUDA arrays of the same library and device. ``state_dict()`` returns
+host (NumPy) copies, so it can be saved as .npz; ``load_state_dict()`` takes NumPy (or CUDA)
+arrays and copies them to each parameter's device. (PyTorch's state_dict keeps device tensors.)
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import numbers
 import numpy as np
 
 from .. import _C, _backend
+from .. import _arrays as A
 from ..nn.parameter import Parameter
 from . import _kernel
 
@@ -71,10 +82,11 @@ def _qualname(obj):
 class _Job:
     """One parameter that this step updates, validated (gi, pi: its place in param_groups)."""
 
-    __slots__ = ("param", "group", "gi", "pi", "data", "grad")
+    __slots__ = ("param", "group", "gi", "pi", "data", "grad", "device")
 
     def __init__(self, param, group, gi, pi, data, grad):
         self.param, self.group, self.gi, self.pi, self.data, self.grad = param, group, gi, pi, data, grad
+        self.device = None  # (library, device index) of a CUDA parameter
 
     @property
     def where(self):
@@ -153,7 +165,7 @@ class Optimizer:
         out = []
         for k in wanted:
             if k is not None and k not in st:
-                new[k] = np.zeros(data.shape, data.dtype)
+                new[k] = zeros_like(data)
             out.append(None if k is None else new.get(k, st.get(k)))
         return out + [None] * (3 - len(out))
 
@@ -180,6 +192,7 @@ class Optimizer:
                 raise TypeError("optimizer can only optimize Parameters (deepkern.nn.Parameter), "
                                 f"but one of the params is {_qualname(p)}")
             _check_data(p.data, "a parameter")
+        _check_group_devices([p.data for p in params])
         if len({id(p) for p in params}) != len(params):
             raise ValueError("optimizer contains a parameter group with duplicate parameters "
                              "(each Parameter may appear once)")
@@ -191,6 +204,11 @@ class Optimizer:
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params):
             raise ValueError("some parameters appear in more than one parameter group")
+        if self.param_groups and params:
+            other = self.param_groups[0]["params"]
+            if other and A.is_cuda(other[0].data) != A.is_cuda(params[0].data):
+                raise TypeError("an optimizer cannot mix NumPy (CPU) and CUDA parameters; "
+                                "use one optimizer per device kind")
         self.param_groups.append(group)
         for p in params:
             self._init_state(p, group)
@@ -242,6 +260,8 @@ class Optimizer:
                         and grad.dtype == data.dtype and grad.shape == data.shape and data.flags.c_contiguous
                         and data.flags.writeable):
                     _check_job(job)
+                    if job.device is not None:
+                        _check_cuda_group(job, jobs)
                 st = state.get(p)
                 if st:
                     _check_state(st, data, job)
@@ -251,7 +271,7 @@ class Optimizer:
 
     def _apply(self, jobs: list[_Job], grad_scale: float = 1.0, ema=None) -> None:
         """Run the update of the validated jobs (grad_scale and ema: see fused_step)."""
-        if _backend.current() == "numpy":
+        if _backend.current() == "numpy" and not any(j.device for j in jobs):
             return self._apply_reference(jobs, grad_scale, ema)
         rows_seen: dict = {}  # parameters of one group at one step count share their row
         batches: dict[np.dtype, tuple[list, list, list, list, list]] = {}
@@ -261,8 +281,11 @@ class Optimizer:
             p, group = job.param, job.group
             st = self.state.get(p, empty)
             new: dict = {}
-            data = job.data if job.data.flags.c_contiguous else np.ascontiguousarray(job.data)
-            grad = job.grad if job.grad.flags.c_contiguous else np.ascontiguousarray(job.grad)
+            if job.device is None:
+                data = job.data if job.data.flags.c_contiguous else np.ascontiguousarray(job.data)
+                grad = job.grad if job.grad.flags.c_contiguous else np.ascontiguousarray(job.grad)
+            else:  # CUDA: the parameter is C-contiguous (checked); a strided grad is copied
+                data, grad = job.data, A.contiguous(job.grad)
             states = self._kernel_state(group, st, new, data)
             shadow = ema._shadow_of(p) if ema is not None else None
             key = (id(group), st.get("step"), len(new), shadow is not None)
@@ -275,15 +298,16 @@ class Optimizer:
                 row = rows_seen[key] = _kernel.row(self._kind, r)
             elif "step" not in new and self._has_step:
                 new["step"] = st.get("step", 0) + 1
-            ps, gs, ss, es, rows = batches.setdefault(data.dtype, ([], [], [], [], []))
+            ps, gs, ss, es, rows = batches.setdefault(job.device or data.dtype, ([], [], [], [], []))
             ps.append(data)
             gs.append(grad)
             ss.append(states)
             es.append(shadow)
             rows.append(row)
             commits.append((p, st, new, data, job.data))
-        for ps, gs, ss, es, rows in batches.values():
-            _kernel.optim_step(self._kind, ps, gs, ss, es if ema is not None else None, rows)
+        for key, (ps, gs, ss, es, rows) in batches.items():
+            step = _kernel.optim_step_cuda if isinstance(key, tuple) else _kernel.optim_step
+            step(self._kind, ps, gs, ss, es if ema is not None else None, rows)
         self._commit(commits)
         if ema is not None:
             ema._finish_fused_update({id(j.param) for j in jobs})
@@ -324,12 +348,13 @@ class Optimizer:
 
     # ------------------------------------------------------------------ state_dict
     def state_dict(self) -> dict:
-        """The optimizer's state, in PyTorch's layout, as copies::
+        """The optimizer's state, in PyTorch's layout, as host (NumPy) copies::
 
             {"state": {index: {"step": 0-d float32 array, "<buffer>": ndarray, ...}},
              "param_groups": [{<every option>, "params": [index, ...]}, ...]}
 
-        Indices number the parameters across groups in order. Arrays are copies; save with
+        Indices number the parameters across groups in order. Arrays are copies, NumPy arrays
+        also for CUDA parameters (PyTorch keeps them on the device); save with
         ``deepkern.optim.save_state(sd, "opt.npz")`` (a plain .npz, no pickle).
         """
         index = {}
@@ -354,6 +379,8 @@ class Optimizer:
                         out[k] = np.array(v, dtype=np.float32)  # PyTorch keeps a float32 scalar tensor
                     elif isinstance(v, np.ndarray):
                         out[k] = v.copy()
+                    elif A.is_cuda(v):  # host copies: the dict can be saved as .npz
+                        out[k] = A.to_host(v).copy()
                     else:
                         out[k] = v
                 state[index[id(p)]] = out
@@ -362,7 +389,8 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a state_dict (ours, or PyTorch's converted to NumPy); validated first, so a
         bad one raises ValueError/TypeError and leaves the optimizer unchanged. Buffers are
-        copied in the parameters' dtypes; each group's options are restored."""
+        copied in the parameters' dtypes, onto each parameter's device (NumPy or CUDA arrays
+        are accepted); each group's options are restored."""
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
         saved_groups = list(state_dict["param_groups"])
@@ -418,12 +446,15 @@ class Optimizer:
             elif k in self._state_names:
                 if v is None:  # PyTorch may store momentum_buffer=None
                     continue
-                a = np.asarray(v)
+                a = A.to_host(v) if A.is_cuda(v) else np.asarray(v)
                 if a.dtype.kind != "f":
                     raise TypeError(f"{where}: expected a floating array, got dtype {a.dtype.name}")
-                if a.shape != data.shape:
-                    raise ValueError(f"{where}: has shape {a.shape}, the parameter has {data.shape}")
-                st[k] = np.array(a, dtype=data.dtype, order="C", copy=True)
+                if a.shape != tuple(data.shape):
+                    raise ValueError(f"{where}: has shape {a.shape}, the parameter has {tuple(data.shape)}")
+                if A.is_cuda(data):
+                    st[k] = A.from_host(a.astype(A.dtype(data)), like=data)
+                else:
+                    st[k] = np.array(a, dtype=data.dtype, order="C", copy=True)
             else:
                 raise ValueError(f"{where}: unknown state entry for {type(self).__name__} "
                                  f"(expected {('step',) + self._state_names if self._has_step else self._state_names})")
@@ -442,19 +473,83 @@ class Optimizer:
 
 # ----------------------------------------------------------------------------- helpers
 
+def zeros_like(data):
+    """Zeros of data's shape and dtype, with data's array library on its device (new state)."""
+    return np.zeros(data.shape, data.dtype) if type(data) is np.ndarray else A.zeros_like(data)
+
+
+def full_like(data, value):
+    return np.full(data.shape, value, dtype=data.dtype) if type(data) is np.ndarray else A.full_like(data, value)
+
+
 def _check_data(data, where):
+    if A.is_cuda(data):
+        if A.library_name(data) not in ("cupy", "torch"):
+            raise TypeError(f"{where}: deepkern.optim updates NumPy arrays or CUDA arrays of CuPy or PyTorch; "
+                            f"the parameter's data is {_qualname(data)}")
+        dt = A.dtype(data)
+        if dt != np.float32:
+            raise TypeError(f"{where}: the parameter has unsupported dtype {dt.name} on the cuda backend; "
+                            "CUDA parameters must be float32")
+        return
     if not isinstance(data, np.ndarray):
-        raise TypeError(f"{where}: deepkern.optim updates NumPy arrays; the parameter's data is "
-                        f"{_qualname(data)} (CUDA parameters are not supported by deepkern.optim yet)")
+        raise TypeError(f"{where}: deepkern.optim updates NumPy arrays or CUDA arrays (CuPy, PyTorch); "
+                        f"the parameter's data is {_qualname(data)}")
     if data.dtype not in _FLOATS:
         raise TypeError(f"{where}: the parameter has unsupported dtype {data.dtype.name}; "
                         "deepkern supports float32 or float64")
+
+
+def _check_group_devices(arrays):
+    """A group's parameters: all NumPy, or all CUDA arrays of one library on one device."""
+    cuda = [a for a in arrays if A.is_cuda(a)]
+    if cuda and len(cuda) != len(arrays):
+        raise TypeError("an optimizer cannot mix NumPy (CPU) and CUDA parameters; "
+                        "use one optimizer per device kind")
+    keys = {A.device_key(a) for a in cuda}
+    if len(keys) > 1:
+        raise ValueError("a parameter group's CUDA parameters must all be on one device (and of one "
+                         f"library), got {sorted(keys)}; put each device's parameters in its own group")
+
+
+def _check_cuda_job(job):
+    """A CUDA parameter and its gradient (float32 checked by _check_data)."""
+    data, grad = job.data, job.grad
+    if not A.is_cuda(grad):
+        raise TypeError(f"{job.where}: the parameter is a CUDA array but its grad is {_qualname(grad)}; "
+                        "the gradient must live on the parameter's device")
+    job.device = A.device_key(data)
+    if A.device_key(grad) != job.device:
+        raise ValueError(f"{job.where}: grad is a {A.device_key(grad)} array, the parameter {job.device}")
+    if A.dtype(grad) != np.float32:
+        raise TypeError(f"{job.where}: grad has dtype {A.dtype(grad).name} but the parameter is float32")
+    if tuple(grad.shape) != tuple(data.shape):
+        raise ValueError(f"{job.where}: grad has shape {tuple(grad.shape)}, expected {tuple(data.shape)}")
+    info = A.interface(data, "the parameter's data")
+    if info.readonly:
+        raise ValueError(f"{job.where}: the parameter's data is read-only (not writeable)")
+    if not info.c_contiguous:
+        raise ValueError(f"{job.where}: a CUDA parameter must be C-contiguous (it is updated in place); "
+                         "give it its own array (cupy.ascontiguousarray)")
+
+
+def _check_cuda_group(job, jobs):
+    """The parameters of one group stay on one device (a .data may have been replaced)."""
+    for other in reversed(jobs):
+        if other.group is not job.group:
+            break
+        if other.device is None or other.device != job.device:
+            raise ValueError(f"{job.where} is a {job.device} array but {other.where} is "
+                             f"{other.device or 'a NumPy array'}; a group's parameters must be on one device")
+        break
 
 
 def _check_job(job):
     """The full checks of one parameter (the slow path of _collect); may normalize job.grad."""
     data, grad = job.data, job.grad
     _check_data(data, job.where)
+    if A.is_cuda(data):
+        return _check_cuda_job(job)
     if isinstance(grad, np.generic):  # e.g. -g of a 0-d array is a NumPy scalar
         grad = job.grad = np.asarray(grad)
     if not isinstance(grad, np.ndarray):
@@ -475,18 +570,32 @@ def _check_state(st, data, job):
     since by an array of another shape or dtype, refuse (the buffers no longer fit)."""
     for k, v in st.items():
         if type(v) is np.ndarray:
+            if A.is_cuda(data):
+                raise TypeError(f"{job.where}: its state {k!r} is a NumPy array but the parameter is now a "
+                                "CUDA array; move the model before creating the optimizer (or load_state_dict)")
             if v.shape != data.shape:
                 raise ValueError(f"{job.where}: its state {k!r} has shape {v.shape} but the parameter now has "
                                  f"shape {data.shape}")
             if v.dtype != data.dtype:
                 raise TypeError(f"{job.where}: its state {k!r} is {v.dtype.name} but the parameter is now "
                                 f"{data.dtype.name}")
+        elif A.is_cuda(v):
+            if not A.is_cuda(data) or A.device_key(v) != A.device_key(data):
+                raise TypeError(f"{job.where}: its state {k!r} lives on {A.device_key(v)} but the parameter "
+                                f"is {A.device_key(data) if A.is_cuda(data) else 'a NumPy array'}")
+            if tuple(v.shape) != tuple(data.shape):
+                raise ValueError(f"{job.where}: its state {k!r} has shape {tuple(v.shape)} but the parameter "
+                                 f"now has shape {tuple(data.shape)}")
 
 
 def _check_no_overlap(jobs):
     """No parameter's data may share memory with any other array of the step (its own grad
     included): the kernel would read values it has already overwritten. One C++ sweep over
     the byte ranges; candidate pairs involving strided arrays are confirmed exactly."""
+    cuda = [job for job in jobs if job.device is not None]
+    if cuda:
+        _check_no_overlap_cuda(cuda)
+        jobs = [job for job in jobs if job.device is None]
     arrays, written = [], []
     for job in jobs:
         arrays += (job.data, job.grad)
@@ -501,3 +610,33 @@ def _check_no_overlap(jobs):
         what = ("data", "grad")
         raise ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
                          "step needs separate arrays")
+
+
+def _check_no_overlap_cuda(jobs):
+    """_check_no_overlap for CUDA parameters: byte ranges from the array interfaces (one sweep
+    per device; a strided grad's range covers its whole span, which is conservative)."""
+    by_device: dict = {}
+    for job in jobs:
+        by_device.setdefault(job.device, []).append(job)
+    for group in by_device.values():
+        infos, written = [], []
+        for job in group:
+            infos += (A.interface(job.data, "data"), _span(A.interface(job.grad, "grad")))
+            written += (True, False)
+        for i, j in A.find_overlaps(infos, written):
+            ja, jb = group[i // 2], group[j // 2]
+            if ja is jb:
+                raise ValueError(f"{jb.where}: grad shares memory with the parameter's data")
+            what = ("data", "grad")
+            raise ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
+                             "step needs separate arrays")
+
+
+def _span(info):
+    """An interface covering the bytes a (possibly strided) array can touch."""
+    if info.strides is None or info.size == 0:
+        return info
+    lo = sum(min(0, s * (n - 1)) for s, n in zip(info.strides, info.shape))
+    hi = sum(max(0, s * (n - 1)) for s, n in zip(info.strides, info.shape)) + info.dtype.itemsize
+    return A.Interface(info.ptr + lo, ((hi - lo) // info.dtype.itemsize,), info.dtype, None, info.readonly,
+                       info.stream, info.version)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import reference
-from .optimizer import Optimizer, bool_option, nonneg_option, real_option
+from .optimizer import Optimizer, bool_option, nonneg_option, real_option, zeros_like
 
 
 class SGD(Optimizer):
@@ -71,7 +69,7 @@ class SGD(Optimizer):
             return [None, None, None]
         buf = st.get("momentum_buffer")
         if buf is None:  # first step: the kernel writes the buffer (= g) without reading it
-            buf = new["momentum_buffer"] = np.zeros(data.shape, data.dtype)
+            buf = new["momentum_buffer"] = zeros_like(data)
         return [buf, None, None]
 
     def _row(self, group, st, new):
