@@ -27,6 +27,19 @@ template <class T> void max_pool2d_backward(T* dx, const T* dy, const int64_t* i
 template <class T> void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p);
 template <class T> void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p);
 
+// ---- fractional_pool2d.cpp   x (N,C,H,W)  samples (N,C,2) in [0,1): [columns, rows] per plane
+//      y, idx (N,C,OH,OW), idx as max pooling's; the backward is max_pool2d_backward.
+struct FractionalPool2dParams {
+  int64_t N, C, H, W;  // input
+  int64_t OH, OW;      // output
+  int64_t KH, KW;      // pooling region, KH + OH - 1 <= H and KW + OW - 1 <= W
+};
+template <class T>
+void fractional_max_pool2d_forward(T* y, int64_t* idx, const T* x, const T* samples,
+                                   const FractionalPool2dParams& p);
+// The O region starts along one axis of length L for sample u (exposed for the tests).
+template <class T> void fractional_region_starts(int64_t* start, T u, int64_t L, int64_t O, int64_t K);
+
 // ---- batch_norm.cpp      x (N,C,HW); per-channel arrays (C); w, b, running stats may be null
 template <class T>
 void batch_norm_forward_train(T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,

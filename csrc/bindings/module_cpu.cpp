@@ -22,6 +22,7 @@ void bind_layers(py::module_& m);
 void bind_testing(py::module_& m);
 void bind_bench(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_fractional(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -69,4 +70,5 @@ PYBIND11_MODULE(_C, m) {
   dk::py_bind::bind_testing(m);
   dk::py_bind::bind_bench(m);
   dk::py_bind::bind_optim(m);
+  dk::py_bind::bind_fractional(m);
 }
