@@ -219,3 +219,14 @@ def test_residual_cnn_with_stochastic_depth_and_dropconnect_trains():
     hist = trainer.fit(x, y, epochs=6)
     assert hist["train_loss"][-1] < 0.5 * hist["train_loss"][0]
     assert trainer.evaluate(x, y)[1] > 0.8
+
+
+def test_cuda_arrays_are_a_clear_error():
+    from test_fractional_pool import FakeCudaArray
+    x = FakeCudaArray()
+    with pytest.raises(RuntimeError, match="StochasticDepth has no CUDA"):
+        nn.StochasticDepth(0.5)(x)
+    with pytest.raises(RuntimeError, match="GaussianNoise has no CUDA"):
+        nn.GaussianNoise(0.5)(x)
+    with pytest.raises(RuntimeError, match="fractional_max_pool2d has no CUDA kernel"):
+        nn.FractionalMaxPool2d(2, output_size=2)(x)

@@ -183,6 +183,8 @@ class WeightNoise(_WeightPerturbation):
         return self.training and self.std > 0
 
     def _perturb(self, w):
+        if V.is_cuda_array(w):
+            raise RuntimeError("WeightNoise has no CUDA implementation; use it on NumPy parameters")
         noise = np.random.default_rng(_next_seed()).standard_normal(w.shape).astype(w.dtype)
         return w + w.dtype.type(self.std) * noise, None
 
@@ -294,6 +296,8 @@ class StochasticDepth(Module):
             return x
         if x.ndim < 1:
             raise ValueError("StochasticDepth needs a batch dimension")
+        if V.is_cuda_array(x):
+            raise RuntimeError("StochasticDepth has no CUDA implementation; use it on NumPy arrays")
         shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
         keep = _reference.dropout_mask(shape, self.p, _next_seed())
         scale = keep.astype(x.dtype)

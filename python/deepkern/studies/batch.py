@@ -57,8 +57,9 @@ def plot(result, path):
         for i, name in enumerate(("full batch", "mini-batch 64", "batch 1")):
             x, losses, steps, seen = result.data["curves"][(budget, name)]
             xs = x / max(steps, 1) * seen if budget == "epochs" else x
-            ls = np.convolve(losses, np.ones(5) / 5, mode="valid") if len(losses) > 10 else losses
-            ax.plot(xs[: len(ls)], ls, label=name, color=f"C{i}")
+            k = max(1, len(losses) // 15)                 # running mean: batch-1 losses are noisy
+            ls = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax.plot(xs[k - 1:][: len(ls)], ls, "o-" if len(ls) < 30 else "-", ms=4, label=name, color=f"C{i}")
         ax.set_yscale("log")
         ax.set_xlabel("epochs" if budget == "epochs" else "updates")
         ax.set_ylabel("training loss of the batch (smoothed, log)")

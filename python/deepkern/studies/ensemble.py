@@ -5,9 +5,10 @@ three seeds (the seed draws the initial weights, the batch order and the dropout
 
 - single: one model, E epochs of Adam (lr 1e-3, batch 64)                  the baseline
 - independent: M models from different initial weights, probabilities averaged
-- snapshot: one run with cosine warm restarts (3 cycles), the model at the end of each cycle
-  averaged (Huang et al. 2017): an ensemble for the price of one run
-- EMA: one run, evaluated with the exponential moving average of its weights (Polyak)
+- snapshot: one run with cosine warm restarts (3 cycles, each restarting at lr 3e-3), the
+  model at the end of each cycle averaged (Huang et al. 2017): an ensemble for one run's price
+- EMA: one run, evaluated with the exponential moving average of its weights (Polyak;
+  decay 0.95, about the last epoch's 20 steps; the batch-norm statistics are the live model's)
 - bagging: M models, each on a bootstrap resample of the training set
 - boosting: SAMME with M rounds; the learner is the same CNN trained for E/3 epochs on a
   weighted resample (a weaker learner, as boosting wants)
@@ -27,6 +28,8 @@ from deepkern.optim import lr_scheduler
 
 from . import common
 
+SNAPSHOT_LR = 3e-3     # each cosine cycle restarts from a large step (the method's premise)
+EMA_DECAY = 0.95       # averages about the last 20 steps (one epoch): older weights are worse
 METHODS = ("single", "independent", "snapshot", "EMA", "bagging", "boosting", "CV top-k")
 
 
@@ -81,7 +84,7 @@ def run(quick=False, seeds=3, epochs=None, members=None, log=None):
         with common.Timer() as t:
             deepkern.manual_seed(base)
             model = models.digits_cnn()
-            opt = optim.Adam(model.parameters(), lr=1e-3)
+            opt = optim.Adam(model.parameters(), lr=SNAPSHOT_LR)
             sched = lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, E // 3))
             snap = train.Trainer(model, opt, scheduler=sched, snapshots=True, seed=base, progress=False)
             snap.fit(d.x, d.y, E)
@@ -91,7 +94,7 @@ def run(quick=False, seeds=3, epochs=None, members=None, log=None):
             deepkern.manual_seed(base)
             model = models.digits_cnn()
             opt = optim.Adam(model.parameters(), lr=1e-3)
-            ema_t = train.Trainer(model, opt, ema=optim.EMA(model.parameters(), decay=0.99), seed=base,
+            ema_t = train.Trainer(model, opt, ema=optim.EMA(model.parameters(), decay=EMA_DECAY), seed=base,
                                   progress=False)
             ema_t.fit(d.x, d.y, E)
         record("EMA", ema_t.accuracy(d.xt, d.yt), E, t.seconds)
