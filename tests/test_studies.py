@@ -24,6 +24,7 @@ def test_ensemble_study_result_shape():
         assert len(r.data["acc"][m]) == 1 and 0.0 <= r.data["acc"][m][0] <= 1.0
     # the independent ensemble spends M times the single model's epochs (2 members in quick mode)
     assert r.data["cost"]["independent"][0] == pytest.approx(2 * r.data["cost"]["single"][0])
+    assert r.data["cost"]["single, Mx epochs"][0] == r.data["cost"]["independent"][0]
 
 
 def test_unknown_study_and_table_format():
