@@ -1,7 +1,7 @@
 """Study ``ensemble``: does combining models beat one model, and at what cost?
 
-Seven ways to spend more compute on the digits CNN, each on the same split, repeated for
-three seeds (the seed draws the initial weights, the batch order and the dropout masks):
+Ways to spend more compute on the digits CNN, each on the same split, repeated for three
+seeds (the seed draws the initial weights, the batch order and the dropout masks):
 
 - single: one model, E epochs of Adam (lr 1e-3, batch 64)                  the baseline
 - single, Mx epochs: the same model trained M times longer, the cost of an M-model ensemble
@@ -144,16 +144,24 @@ def run(quick=False, seeds=3, epochs=None, members=None, log=None):
 def plot(result, path):
     plt = common.plt()
     acc, cost = result.data["acc"], result.data["cost"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    for i, m in enumerate(METHODS):
-        a = 100 * np.array(acc[m])
-        ax.errorbar(np.mean(cost[m]), a.mean(), yerr=a.std(), fmt="o", capsize=3, color=f"C{i}", label=m)
-    ax.axhline(100 * np.mean(acc["single"]), color="gray", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("training epochs spent (log)")
-    ax.set_ylabel("test accuracy (%), mean +- std over seeds")
-    ax.set_title("ensembles on the digits CNN")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    names = [m for m in METHODS if acc[m]]
+    means = [100 * np.mean(acc[m]) for m in names]
+    stds = [100 * np.std(acc[m]) for m in names]
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4), constrained_layout=True)
+    colors = ["tab:gray" if m.startswith("single") else "tab:blue" for m in names]
+    lo = min(means) - 3
+    ax.barh(y, means, xerr=stds, color=colors, capsize=3)
+    for yi, m, v in zip(y, names, means):    # the numbers inside the bars, clear of the error bars
+        ax.text(lo + 0.15, yi, f"{v:.2f}%   {np.mean(cost[m]):.0f} epochs", va="center", fontsize=8,
+                color="white")
+    ax.axvline(means[0], color="gray", lw=0.8, ls="--")
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlim(lo, 100.5)
+    ax.set_xlabel("test accuracy (%), mean +- std over the seeds")
+    ax.set_title("digits CNN: single models (gray) and ensembles (blue)")
+    ax.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=100)
     plt.close(fig)
