@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/fractional.h"  // FractionalPool2dParams
 #include "common/params.h"
 
 namespace dk::cpu {
@@ -29,11 +30,6 @@ template <class T> void avg_pool2d_backward(T* dx, const T* dy, const Pool2dPara
 
 // ---- fractional_pool2d.cpp   x (N,C,H,W)  samples (N,C,2) in [0,1): [columns, rows] per plane
 //      y, idx (N,C,OH,OW), idx as max pooling's; the backward is max_pool2d_backward.
-struct FractionalPool2dParams {
-  int64_t N, C, H, W;  // input
-  int64_t OH, OW;      // output
-  int64_t KH, KW;      // pooling region, KH + OH - 1 <= H and KW + OW - 1 <= W
-};
 template <class T>
 void fractional_max_pool2d_forward(T* y, int64_t* idx, const T* x, const T* samples,
                                    const FractionalPool2dParams& p);

@@ -196,7 +196,7 @@ class FakeCudaArray:
 def test_bad_input():
     x = np.zeros((1, 2, 6, 6), np.float32)
     s = np.zeros((1, 2, 2), np.float32)
-    with pytest.raises(RuntimeError, match="fractional_max_pool2d has no CUDA kernel"):
+    with pytest.raises(RuntimeError, match="cuda"):           # this build has no usable CUDA backend
         F.fractional_max_pool2d(FakeCudaArray(), 2, output_size=2)
     with pytest.raises(TypeError, match="int32"):
         F.fractional_max_pool2d(x.astype(np.int32), 2, output_size=2)
@@ -234,3 +234,44 @@ def test_bad_input():
         deepkern._C.fractional_max_pool2d_forward(yy, ii, x, np.full((1, 2, 2), np.nan, np.float32), 2, 2)
     with pytest.raises(ValueError, match="needs an input"):
         deepkern._C.fractional_max_pool2d_forward(yy, ii, x, s, 5, 5)
+
+
+@given(frac_cases(), st.integers(0, 2**32 - 1))
+def test_cuda_kernel_on_the_host_emulator_matches_cpu(c, seed):
+    """csrc/cuda/fractional_pool2d.cu's per-thread code (compiled with g++ by the CUDA host
+    emulator) gives the cpu kernel's values and indices bit for bit (float32, the CUDA dtype)."""
+    from cuda_host.emulator import emulator
+    emu = emulator()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(c["shape"]).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    s = _samples(rng, c["shape"][0], c["shape"][1], np.float32)
+    y, idx = F.fractional_max_pool2d(x, c["kernel_size"], output_size=c["output_size"], samples=s)
+    ey, eidx = emu.fractional_max_pool2d(x, c["kernel_size"], c["output_size"], s)
+    assert_bitwise(ey, y, "y")
+    assert_bitwise(eidx, idx, "indices")
+
+
+def test_cuda_path_end_to_end_on_fake_cupy(monkeypatch, rng):
+    """functional -> _cuda_backend (samples checked on the host, copied to the device) -> the
+    emulated _cuda binding: CuPy-like results equal to the cpu backend's, forward and backward,
+    for a seed and for explicit samples; unbatched input too."""
+    from cuda_host import fake_cupy
+    cp, _, _ = fake_cupy.install(monkeypatch)
+    x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)
+    xc = cp.asarray(x)
+    y, idx = F.fractional_max_pool2d(xc, 2, output_ratio=0.6, seed=4)
+    ry, ridx = F.fractional_max_pool2d(x, 2, output_ratio=0.6, seed=4)
+    assert type(y) is type(xc) and y.shape == ry.shape
+    assert_bitwise(cp.asnumpy(y), ry)
+    assert_bitwise(cp.asnumpy(idx), ridx)
+    g = rng.standard_normal(ry.shape).astype(np.float32)
+    gx = F.fractional_max_pool2d_backward(cp.asarray(g), idx, x.shape)
+    assert_bitwise(cp.asnumpy(gx), F.fractional_max_pool2d_backward(g, ridx, x.shape))
+    s = _samples(rng, 1, 3, np.float32)
+    yu, _ = F.fractional_max_pool2d(cp.asarray(x[0]), 3, output_size=(5, 4), samples=s)
+    assert_bitwise(cp.asnumpy(yu), F.fractional_max_pool2d(x[0], 3, output_size=(5, 4), samples=s)[0])
+    with pytest.raises(TypeError, match="float64"):
+        F.fractional_max_pool2d(cp.asarray(x.astype(np.float64)), 2, output_size=3)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        F.fractional_max_pool2d(xc, 2, output_size=3, samples=cp.asarray(np.zeros((2, 3, 2), np.float32)))

@@ -21,7 +21,7 @@ void bind_fractional(py::module_& m) {
       [](py::array y, py::array idx, py::array x, py::array samples, int64_t KH, int64_t KW) {
         DK_CHECK(x.ndim() == 4, "x must be 4-D (N, C, H, W), got shape ", shape_str(x));
         DK_CHECK(y.ndim() == 4, "y must be 4-D (N, C, OH, OW), got shape ", shape_str(y));
-        const cpu::FractionalPool2dParams p{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
+        const FractionalPool2dParams p{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
                                        y.shape(2), y.shape(3), KH, KW};
         DK_CHECK(p.KH >= 1 && p.KW >= 1, "kernel_size must be positive, got (", KH, ", ", KW, ")");
         DK_CHECK(p.OH >= 1 && p.OW >= 1, "output size must be positive, got (", p.OH, ", ", p.OW, ")");

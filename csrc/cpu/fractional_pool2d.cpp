@@ -2,6 +2,7 @@
 // forward. The backward is max_pool2d_backward: both route grad_out through the indices.
 //
 // Shape legend: N batch, C channels, H W input, OH OW output, KH KW pooling region.
+// The formula and the region scan live in common/fractional.h, shared with the CUDA kernel.
 // Each plane (n, c) has two samples u = samples[n, c, 0] (columns) and v = samples[n, c, 1]
 // (rows) in [0, 1). They place OH x OW regions of KH x KW taps pseudo-randomly so that the
 // output shrinks by a non-integer ratio H/OH. Along one axis (input size L, output size O,
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/fractional.h"
 #include "common/parallel.h"
 #include "kernels.h"
 
@@ -33,19 +35,10 @@ namespace dk::cpu {
 
 namespace {
 
-// The start of every region along one axis (see the formula above).
+// The start of every region along one axis (common/fractional.h has the formula).
 template <class T>
 void region_starts(int64_t* start, T u, int64_t L, int64_t O, int64_t K) {
-  if (O > 1) {
-    const T alpha = static_cast<T>(L - K) / static_cast<T>(O - 1);
-    // u * alpha is rounded to T before the truncation, as (i + u) * alpha is: one rounding each
-    const int64_t base = static_cast<int64_t>(static_cast<T>(u * alpha));
-    for (int64_t i = 0; i < O - 1; ++i) {
-      const T pos = static_cast<T>(static_cast<T>(static_cast<T>(i) + u) * alpha);
-      start[i] = static_cast<int64_t>(pos) - base;
-    }
-  }
-  start[O - 1] = L - K;
+  for (int64_t i = 0; i < O; ++i) start[i] = fractional_start<T>(u, i, L, O, K);
 }
 
 }  // namespace
@@ -55,35 +48,18 @@ void fractional_max_pool2d_forward(T* y, int64_t* idx, const T* x, const T* samp
                                    const FractionalPool2dParams& p) {
   const int64_t planes = p.N * p.C, HW = p.H * p.W, OHW = p.OH * p.OW;
   parallel_for(planes, 1, [&](int64_t q0, int64_t q1) {
+    // the region starts of a plane, computed once (the CUDA kernel recomputes them per output)
     std::vector<int64_t> hs(static_cast<size_t>(p.OH)), ws(static_cast<size_t>(p.OW));
     for (int64_t q = q0; q < q1; ++q) {
-      const T u = samples[2 * q], v = samples[2 * q + 1];
-      // The bindings check that samples lie in [0, 1): a NaN here would make int() undefined.
-      region_starts<T>(ws.data(), u, p.W, p.OW, p.KW);
-      region_starts<T>(hs.data(), v, p.H, p.OH, p.KH);
+      region_starts<T>(ws.data(), samples[2 * q], p.W, p.OW, p.KW);
+      region_starts<T>(hs.data(), samples[2 * q + 1], p.H, p.OH, p.KH);
       const T* xp = x + q * HW;
       T* yp = y + q * OHW;
       int64_t* ip = idx + q * OHW;
-      for (int64_t oh = 0; oh < p.OH; ++oh) {
-        const int64_t h0 = hs[oh];
-        for (int64_t ow = 0; ow < p.OW; ++ow) {
-          const int64_t w0 = ws[ow];
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t arg = h0 * p.W + w0;
-          for (int64_t ih = h0; ih < h0 + p.KH; ++ih) {
-            const T* row = xp + ih * p.W;
-            for (int64_t iw = w0; iw < w0 + p.KW; ++iw) {
-              const T val = row[iw];
-              if (val > best || std::isnan(val)) {
-                best = val;
-                arg = ih * p.W + iw;
-              }
-            }
-          }
-          yp[oh * p.OW + ow] = best;
-          ip[oh * p.OW + ow] = arg;
-        }
-      }
+      for (int64_t oh = 0; oh < p.OH; ++oh)
+        for (int64_t ow = 0; ow < p.OW; ++ow)
+          fractional_region_max<T>(xp, p.W, hs[oh], ws[ow], p.KH, p.KW, yp + oh * p.OW + ow,
+                                   ip + oh * p.OW + ow);
     }
   });
 }

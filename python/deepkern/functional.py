@@ -526,11 +526,10 @@ def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None, s
     y, indices: (N, C, OH, OW); indices int64 flat positions ih*W + iw in each input plane.
     A region holding NaN gives NaN and the index of its LAST NaN (PyTorch's rule); ties keep
     the first tap in row-major order. The backward is :func:`fractional_max_pool2d_backward`.
-    There is no CUDA kernel: a CUDA array is a RuntimeError (no silent copy to the host).
+    CUDA arrays (float32) run the CUDA kernel, bitwise the cpu result; samples are then still
+    a NumPy array (validated on the host and copied to the device). A CUDA array on a build
+    without a usable CUDA backend is a RuntimeError (never a silent copy to the host).
     """
-    if V.is_cuda_array(x):
-        raise RuntimeError("fractional_max_pool2d has no CUDA kernel in this build; copy the input to the "
-                           "host (e.g. cupy.asnumpy(x)) or use max_pool2d on the GPU")
     V.float_array(x, "x")
     x4, unbatched = _batched(x, "fractional_max_pool2d")
     k, out = _fractional_args(x4, kernel_size, output_size, output_ratio)
@@ -541,7 +540,8 @@ def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None, s
         if seed is not None:
             raise ValueError("fractional_max_pool2d: give samples or seed, not both")
         if V.is_cuda_array(samples):
-            raise TypeError("fractional_max_pool2d: samples must be a numpy.ndarray like x")
+            raise TypeError("fractional_max_pool2d: samples must be a numpy.ndarray (on CUDA too: "
+                            "they are checked on the host, then copied to the device)")
         V.float_array(samples, "samples")
         V.same_dtype("fractional_max_pool2d", x=x, samples=samples)
         if tuple(samples.shape) != (N, C, 2):
@@ -549,7 +549,10 @@ def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None, s
                              f"got {V.shape_str(samples.shape)}")
         if samples.size and not bool(np.all((samples >= 0) & (samples < 1))):
             raise ValueError("fractional_max_pool2d: samples must lie in [0, 1) (NaN is not allowed)")
-    y, idx = _backend.for_arrays(x).fractional_max_pool2d(_contig(x4), k, out, None, _contig(samples), None)
+    be = _backend.for_arrays(x)          # a CUDA array without a usable CUDA build: RuntimeError
+    if not hasattr(be, "fractional_max_pool2d"):
+        raise RuntimeError(f"fractional_max_pool2d has no kernel in {getattr(be, '__name__', be)} of this build")
+    y, idx = be.fractional_max_pool2d(_contig(x4), k, out, None, _contig(samples), None)
     return (y[0], idx[0]) if unbatched else (y, idx)
 
 
