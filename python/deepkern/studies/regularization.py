@@ -72,7 +72,7 @@ CONFIGS = {
 }
 
 
-def run(quick=False, epochs=None, seeds=2, train_size=200, log=None):
+def run(quick=False, epochs=None, seeds=4, train_size=200, log=None):
     E = epochs or (2 if quick else 100)
     seeds = 1 if quick else seeds
     d = common.digits(quick, train_size=100 if quick else train_size)
