@@ -16,6 +16,7 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 file(GLOB DK_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
 pybind11_add_module(_cuda MODULE csrc/bindings/module_cuda.cpp csrc/bindings/bind_layers_cuda.cpp
                     csrc/bindings/bind_optim_cuda.cpp
+                    csrc/bindings/bind_fractional_cuda.cpp
                     ${DK_CUDA_SOURCES})
 target_include_directories(_cuda PRIVATE csrc)
 set_target_properties(_cuda PROPERTIES CUDA_ARCHITECTURES "${DEEPKERN_CUDA_ARCHS}")

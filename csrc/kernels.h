@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/fractional.h"  // FractionalPool2dParams
 #include "common/params.h"
 
 namespace dk::cpu {
@@ -26,6 +27,14 @@ template <class T> void max_pool2d_forward(T* y, int64_t* idx, const T* x, const
 template <class T> void max_pool2d_backward(T* dx, const T* dy, const int64_t* idx, const Pool2dParams& p);
 template <class T> void avg_pool2d_forward(T* y, const T* x, const Pool2dParams& p);
 template <class T> void avg_pool2d_backward(T* dx, const T* dy, const Pool2dParams& p);
+
+// ---- fractional_pool2d.cpp   x (N,C,H,W)  samples (N,C,2) in [0,1): [columns, rows] per plane
+//      y, idx (N,C,OH,OW), idx as max pooling's; the backward is max_pool2d_backward.
+template <class T>
+void fractional_max_pool2d_forward(T* y, int64_t* idx, const T* x, const T* samples,
+                                   const FractionalPool2dParams& p);
+// The O region starts along one axis of length L for sample u (exposed for the tests).
+template <class T> void fractional_region_starts(int64_t* start, T u, int64_t L, int64_t O, int64_t K);
 
 // ---- batch_norm.cpp      x (N,C,HW); per-channel arrays (C); w, b, running stats may be null
 template <class T>

@@ -23,6 +23,7 @@ void bind_testing(py::module_& m);
 void bind_bench(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_loss(py::module_& m);
+void bind_fractional(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -71,4 +72,5 @@ PYBIND11_MODULE(_C, m) {
   dk::py_bind::bind_bench(m);
   dk::py_bind::bind_optim(m);
   dk::py_bind::bind_loss(m);
+  dk::py_bind::bind_fractional(m);
 }

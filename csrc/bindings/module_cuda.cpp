@@ -23,6 +23,7 @@ namespace dk::py_cuda {
 
 void bind_layers(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_fractional(py::module_& m);
 
 namespace {
 
@@ -73,4 +74,5 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("device"));
   dk::py_cuda::bind_layers(m);
   dk::py_cuda::bind_optim(m);
+  dk::py_cuda::bind_fractional(m);
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/fractional.h"
 #include "common/params.h"
 #include "cpu/optim.h"  // OptimKind, OptimTensor and the row layouts, shared with the CPU
 
@@ -39,6 +40,10 @@ void max_pool2d_backward(float* dx, const float* dy, const int64_t* idx, const P
                          cudaStream_t stream);
 void avg_pool2d_forward(float* y, const float* x, const Pool2dParams& p, cudaStream_t stream);
 void avg_pool2d_backward(float* dx, const float* dy, const Pool2dParams& p, cudaStream_t stream);
+
+// ---- fractional_pool2d.cu  samples (N,C,2) in [0,1) on the device; idx as max pooling's
+void fractional_max_pool2d_forward(float* y, int64_t* idx, const float* x, const float* samples,
+                                   const FractionalPool2dParams& p, cudaStream_t stream);
 
 // ---- batch_norm.cu       x (N,C,HW); per-channel arrays (C); w, b, running stats may be null
 void batch_norm_forward_train(float* y, float* save_mean, float* save_invstd,

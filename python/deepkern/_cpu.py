@@ -117,6 +117,19 @@ def relu_backward(grad_out, y):
     return grad_x
 
 
+def fractional_max_pool2d(x, kernel_size, output_size, output_ratio, samples, seed):
+    """functional passes output_size as a pair and the samples (never a ratio or a seed)."""
+    N, C = x.shape[:2]
+    y = np.empty((N, C) + tuple(output_size), dtype=x.dtype)
+    idx = np.empty(y.shape, dtype=np.int64)
+    _C.fractional_max_pool2d_forward(y, idx, x, samples, kernel_size[0], kernel_size[1])
+    return y, idx
+
+
+def fractional_max_pool2d_backward(grad_out, indices, input_shape):
+    return max_pool2d_backward(grad_out, indices, input_shape)
+
+
 # ---------------------------------------------------------------------------- memory
 #
 # Every op above allocates its outputs with np.empty, and a training step frees them again:

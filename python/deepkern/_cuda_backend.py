@@ -94,6 +94,22 @@ def max_pool2d_backward(grad_out, indices, input_shape):
     return grad_x
 
 
+def fractional_max_pool2d(x, kernel_size, output_size, output_ratio, samples, seed):
+    """functional passes output_size as a pair and the samples as a validated NumPy float32
+    array (N, C, 2), which is copied to x's device here (a few bytes per plane)."""
+    c, (x,) = A.prepare("fractional_max_pool2d", x=x)
+    N, C = _shape(x)[:2]
+    y = c.empty((N, C) + tuple(output_size))
+    idx = c.empty((N, C) + tuple(output_size), np.int64)
+    s = A.from_host(np.ascontiguousarray(samples, dtype=np.float32), x)
+    _cuda.fractional_max_pool2d_forward(y, idx, x, s, kernel_size[0], kernel_size[1], c.stream)
+    return y, idx
+
+
+def fractional_max_pool2d_backward(grad_out, indices, input_shape):
+    return max_pool2d_backward(grad_out, indices, input_shape)
+
+
 def avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad):
     c, (x,) = A.prepare("avg_pool2d", x=x)
     N, C, H, W = _shape(x)

@@ -115,6 +115,7 @@ EXTERNAL_COMMANDS = [
     ("train", "deepkern.train.commands:add_train_parser"),
     ("compare", "deepkern.train.commands:add_compare_parser"),
     ("finetune", "deepkern.train.commands:add_finetune_parser"),
+    ("study", "deepkern.studies:add_parser"),
 ]
 
 

@@ -23,7 +23,7 @@ from .reference import window_out_size
 __all__ = [
     "conv2d", "conv2d_relu", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
     "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
-    "relu", "relu_backward",
+    "relu", "relu_backward", "fractional_max_pool2d", "fractional_max_pool2d_backward",
 ]
 
 
@@ -469,3 +469,96 @@ def relu_backward(grad_out, y):
 def _unchecked(x):
     """The backend module for NumPy array ``x``: the reference inside use_backend("numpy"), else cpu."""
     return _reference if _backend._mode.get() == "numpy" else _cpu
+
+
+# ---------------------------------------------------------------------------- fractional max pooling
+
+def _ratio(v):
+    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(vals) != 2:
+        raise ValueError(f"output_ratio must be a number or a pair of numbers, got {v!r}")
+    vals = tuple(V.as_float(r, "output_ratio") for r in vals)
+    if not all(0.0 < r < 1.0 for r in vals):
+        raise ValueError(f"output_ratio must be between 0 and 1 (got {v!r})")
+    return vals
+
+
+def _fractional_args(x4, kernel_size, output_size, output_ratio):
+    """((KH, KW), (OH, OW)) for a (N, C, H, W) input, validated as PyTorch validates them."""
+    k = V.check_positive_pair(V.pair(kernel_size, "kernel_size"), "kernel_size",
+                              "fractional_max_pool2d: kernel_size must be greater than zero")
+    if output_size is None and output_ratio is None:
+        raise ValueError("fractional_max_pool2d requires specifying either an output_size or an output_ratio")
+    if output_size is not None and output_ratio is not None:
+        raise ValueError("fractional_max_pool2d: only one of output_size and output_ratio may be specified")
+    N, C, H, W = (int(v) for v in x4.shape)
+    if C == 0 or H == 0 or W == 0:
+        raise ValueError(f"fractional_max_pool2d: expected input with non-zero channel and spatial sizes "
+                         f"(an empty batch is fine), got {V.shape_str(x4.shape)}")
+    if output_size is not None:
+        out = V.check_positive_pair(V.pair(output_size, "output_size"), "output_size",
+                                    "fractional_max_pool2d: output_size must be greater than zero")
+    else:
+        out = _reference.fractional_output_size((H, W), None, _ratio(output_ratio))
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"fractional_max_pool2d: output_ratio={output_ratio!r} of an input of "
+                             f"{H}x{W} gives an empty output {out}")
+    if out[0] + k[0] - 1 > H or out[1] + k[1] - 1 > W:
+        raise ValueError(f"fractional_max_pool2d: an output of {out[0]}x{out[1]} with kernel_size {k} needs an "
+                         f"input of at least {out[0] + k[0] - 1}x{out[1] + k[1] - 1}, got {H}x{W} "
+                         f"(kernel_size too large relative to the input)")
+    return k, out
+
+
+def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None, samples=None, seed=None):
+    """Fractional max pooling (Graham 2014), as ``torch.nn.functional.fractional_max_pool2d(...,
+    return_indices=True)``. Returns (y, indices) like :func:`max_pool2d`.
+
+    x: (N, C, H, W) or (C, H, W), float32/float64. kernel_size: the pooling region (an int or
+    a pair). Exactly one of output_size (int or pair (OH, OW)) and output_ratio (a number or a
+    pair in (0, 1); OH = int(H * ratio)). Needs OH + KH - 1 <= H (same for W).
+    samples: (N, C, 2) of x's dtype in [0, 1) -- PyTorch's ``_random_samples``: [n, c, 0]
+    places the columns, [n, c, 1] the rows; the same samples give PyTorch's regions exactly.
+    For unbatched x, samples is (1, C, 2). samples=None draws them from ``seed`` with the
+    counter-based generator (deepkern.reference.fractional_samples: the same regions on
+    every backend, dtype and thread count); seed=None takes the next seed of the stream that
+    ``deepkern.manual_seed`` sets. PyTorch draws from its own generator instead.
+
+    y, indices: (N, C, OH, OW); indices int64 flat positions ih*W + iw in each input plane.
+    A region holding NaN gives NaN and the index of its LAST NaN (PyTorch's rule); ties keep
+    the first tap in row-major order. The backward is :func:`fractional_max_pool2d_backward`.
+    CUDA arrays (float32) run the CUDA kernel, bitwise the cpu result; samples are then still
+    a NumPy array (validated on the host and copied to the device). A CUDA array on a build
+    without a usable CUDA backend is a RuntimeError (never a silent copy to the host).
+    """
+    V.float_array(x, "x")
+    x4, unbatched = _batched(x, "fractional_max_pool2d")
+    k, out = _fractional_args(x4, kernel_size, output_size, output_ratio)
+    N, C = int(x4.shape[0]), int(x4.shape[1])
+    if samples is None:
+        samples = _reference.fractional_samples(N, C, _seed(seed), V.dtype_of(x))
+    else:
+        if seed is not None:
+            raise ValueError("fractional_max_pool2d: give samples or seed, not both")
+        if V.is_cuda_array(samples):
+            raise TypeError("fractional_max_pool2d: samples must be a numpy.ndarray (on CUDA too: "
+                            "they are checked on the host, then copied to the device)")
+        V.float_array(samples, "samples")
+        V.same_dtype("fractional_max_pool2d", x=x, samples=samples)
+        if tuple(samples.shape) != (N, C, 2):
+            raise ValueError(f"fractional_max_pool2d: samples must have shape {V.shape_str((N, C, 2))}, "
+                             f"got {V.shape_str(samples.shape)}")
+        if samples.size and not bool(np.all((samples >= 0) & (samples < 1))):
+            raise ValueError("fractional_max_pool2d: samples must lie in [0, 1) (NaN is not allowed)")
+    be = _backend.for_arrays(x)          # a CUDA array without a usable CUDA build: RuntimeError
+    if not hasattr(be, "fractional_max_pool2d"):
+        raise RuntimeError(f"fractional_max_pool2d has no kernel in {getattr(be, '__name__', be)} of this build")
+    y, idx = be.fractional_max_pool2d(_contig(x4), k, out, None, _contig(samples), None)
+    return (y[0], idx[0]) if unbatched else (y, idx)
+
+
+def fractional_max_pool2d_backward(grad_out, indices, input_shape):
+    """Gradient of fractional_max_pool2d: grad_out added at ``indices`` (overlapping regions
+    can send several outputs to one input). The same scatter as :func:`max_pool2d_backward`,
+    with its arguments and checks (this one also runs on CUDA arrays)."""
+    return max_pool2d_backward(grad_out, indices, input_shape)

@@ -25,6 +25,7 @@ __all__ = [
     "dropout", "dropout_backward", "dropout_mask", "philox4x32",
     "relu", "relu_backward",
     "window_out_size",
+    "fractional_max_pool2d", "fractional_max_pool2d_backward", "fractional_samples",
 ]
 
 
@@ -380,3 +381,86 @@ def relu_backward(grad_out, y):
     """grad_x = 0 where y <= 0, else grad_out (PyTorch's threshold_backward: a NaN y passes
     the gradient through)."""
     return np.where(y <= 0, grad_out.dtype.type(0), grad_out)
+
+
+# ============================================================================ fractional max pooling
+#
+# Graham, "Fractional Max-Pooling" (2014), with PyTorch's FractionalMaxPool2d regions.
+# Each plane (n, c) has two samples in [0, 1): samples[n, c, 0] places the columns,
+# samples[n, c, 1] the rows. Along one axis of length L with O outputs and regions of K taps:
+#
+#     alpha = (L - K) / (O - 1)
+#     start[i] = int((i + u) * alpha) - int(u * alpha)     (i < O - 1),   start[O - 1] = L - K
+#
+# computed in the input's dtype (float32 rounding decides a start near an integer, so the same
+# float32 samples give PyTorch's regions exactly). Consecutive starts differ by floor(alpha)
+# or ceil(alpha): the regions overlap pseudo-randomly and shrink the image by H/O, a ratio that
+# need not be an integer (2x2 max pooling can only halve).
+
+def fractional_output_size(input_hw, output_size=None, output_ratio=None):
+    """(OH, OW) from an explicit output size or a ratio (int(H * ratio), as PyTorch)."""
+    if output_size is not None:
+        return _pair(output_size)
+    rh, rw = output_ratio if isinstance(output_ratio, (tuple, list)) else (output_ratio, output_ratio)
+    return int(input_hw[0] * rh), int(input_hw[1] * rw)
+
+
+def fractional_samples(n, c, seed, dtype=np.float32):
+    """The (n, c, 2) samples drawn from ``seed``: sample i (flat) is philox(i // 4, seed)[i % 4]
+    with its low 8 bits dropped, times 2**-24 -- exact in float32 and float64 and < 1, so the
+    same seed places the same regions in both dtypes and on every backend."""
+    count = int(n) * int(c) * 2
+    words = philox4x32(np.arange((count + 3) // 4, dtype=np.uint64), seed).reshape(-1)[:count]
+    return ((words >> np.uint64(8)).astype(np.float64) * 2.0**-24).astype(dtype).reshape(int(n), int(c), 2)
+
+
+def fractional_starts(u, L, O, K, dtype):
+    """The start of each of the O pooling regions along an axis of length L (formula above)."""
+    T = np.dtype(dtype).type
+    starts = np.empty(O, dtype=np.int64)
+    if O > 1:
+        u = T(u)
+        alpha = T(L - K) / T(O - 1)
+        pos = (np.arange(O - 1).astype(dtype) + u) * alpha        # rounded to dtype, as the kernels
+        starts[:-1] = pos.astype(np.int64) - np.int64(T(u * alpha))
+    starts[-1] = L - K
+    return starts
+
+
+def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None, samples=None, seed=None):
+    """Fractional max pooling: y[n, c, i, j] = max of x[n, c] over the KH x KW region at
+    (rows[i], cols[j]); returns (y, indices) like max_pool2d (indices int64 into each H*W plane).
+
+    x (N, C, H, W); samples (N, C, 2) of x's dtype in [0, 1), or None to draw them from seed
+    (see fractional_samples). Within a region taps are scanned row by row; a larger value wins
+    (ties keep the first) and a NaN always wins (so the last NaN is reported, as PyTorch does).
+    """
+    KH, KW = _pair(kernel_size)
+    N, C, H, W = x.shape
+    OH, OW = fractional_output_size((H, W), output_size, output_ratio)
+    if samples is None:
+        if seed is None:
+            from deepkern import _next_seed
+            seed = _next_seed()
+        samples = fractional_samples(N, C, seed, x.dtype)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    idx = np.empty((N, C, OH, OW), dtype=np.int64)
+    taps_h, taps_w = np.arange(KH), np.arange(KW)
+    for n in range(N):
+        for c in range(C):
+            rows = fractional_starts(samples[n, c, 1], H, OH, KH, x.dtype)[:, None] + taps_h   # (OH, KH)
+            cols = fractional_starts(samples[n, c, 0], W, OW, KW, x.dtype)[:, None] + taps_w   # (OW, KW)
+            flat = (rows[:, None, :, None] * W + cols[None, :, None, :]).reshape(OH, OW, KH * KW)
+            win = x[n, c].reshape(-1)[flat]                                 # (OH, OW, KH*KW)
+            nan = np.isnan(win)
+            last_nan = KH * KW - 1 - np.argmax(nan[..., ::-1], axis=-1)
+            pick = np.where(nan.any(axis=-1), last_nan, np.argmax(np.where(nan, -np.inf, win), axis=-1))
+            idx[n, c] = np.take_along_axis(flat, pick[..., None], axis=-1)[..., 0]
+            y[n, c] = np.take_along_axis(win, pick[..., None], axis=-1)[..., 0]
+    return y, idx
+
+
+def fractional_max_pool2d_backward(grad_out, indices, input_shape):
+    """grad_x: grad_out added at the indices (regions overlap, so a tap may collect several
+    outputs' gradients); the same scatter as max_pool2d_backward."""
+    return max_pool2d_backward(grad_out, indices, input_shape)

@@ -17,6 +17,7 @@
 #include "cuda/batch_norm.cu"
 #include "cuda/conv2d.cu"
 #include "cuda/dropout.cu"
+#include "cuda/fractional_pool2d.cu"
 #include "cuda/optim.cu"
 #include "cuda/pool2d.cu"
 
@@ -191,6 +192,14 @@ void emu_avg_pool2d_forward(float* y, const float* x, const int64_t* pa) {
 void emu_avg_pool2d_backward(float* dx, const float* dy, const int64_t* pa) {
   const Pool2dParams p = pool_params(pa);
   for (int64_t i = 0; i < p.N * p.C * p.H * p.W; ++i) pool::avg_backward_element(dx, dy, p, i);
+}
+
+// fractional forward_kernel: one thread per output (grid-stride), independent threads.
+void emu_fractional_max_pool2d_forward(float* y, int64_t* idx, const float* x, const float* samples,
+                                       const int64_t* pa) {
+  const FractionalPool2dParams p{pa[0], pa[1], pa[2], pa[3], pa[4], pa[5], pa[6], pa[7]};
+  for (int64_t o = 0; o < p.N * p.C * p.OH * p.OW; ++o)
+    fractional::forward_element(y, idx, x, samples, p, o);
 }
 
 // ---------------------------------------------------------------- batch norm

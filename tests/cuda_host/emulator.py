@@ -36,7 +36,7 @@ class Emulator:
             "emu_conv2d_forward": [P] * 5, "emu_conv2d_backward_input": [P] * 4,
             "emu_conv2d_backward_weight": [P] * 5, "emu_max_pool2d_forward": [P] * 4,
             "emu_max_pool2d_backward": [P] * 4, "emu_avg_pool2d_forward": [P] * 3,
-            "emu_avg_pool2d_backward": [P] * 3,
+            "emu_avg_pool2d_backward": [P] * 3, "emu_fractional_max_pool2d_forward": [P] * 5,
             "emu_batch_norm_forward": [P] * 8 + [I, I, I, ctypes.c_int, D, D],
             "emu_batch_norm_backward": [P] * 8 + [I, I, I, ctypes.c_int],
             "emu_dropout_forward": [P, P, P, I, D, U], "emu_dropout_backward": [P, P, P, I, D],
@@ -99,6 +99,15 @@ class Emulator:
             raise ValueError(f"max_pool2d_backward: indices[{bad}] = {idx.reshape(-1)[bad]} is "
                              f"outside its input plane")
         return gx
+
+    def fractional_max_pool2d(self, x, k, out, samples):
+        N, C, H, W = x.shape
+        y = np.empty((N, C) + tuple(out), F32)
+        idx = np.empty(y.shape, np.int64)
+        pa = np.array([N, C, H, W, out[0], out[1], k[0], k[1]], np.int64)
+        self.lib.emu_fractional_max_pool2d_forward(*map(self._p, (y, idx, x, np.ascontiguousarray(samples, F32),
+                                                                  pa)))
+        return y, idx
 
     def avg_pool2d(self, x, k, s, p, ceil_mode, cip):
         N, C, H, W = x.shape

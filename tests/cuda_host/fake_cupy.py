@@ -294,8 +294,12 @@ def _make_cuda():
     def multi_norm_reduce(xs, p, stream):
         return emu.multi_norm_reduce([_a(x) for x in xs], p)
 
+    def fractional_max_pool2d_forward(y, idx, x, samples, kh, kw, stream):
+        y._a[...], idx._a[...] = emu.fractional_max_pool2d(_a(x), (kh, kw), y.shape[2:], _a(samples))
+
     for f in (conv2d_forward, conv2d_backward_input, conv2d_backward_weight, max_pool2d_forward,
-              max_pool2d_backward, avg_pool2d_forward, avg_pool2d_backward, batch_norm_forward,
+              max_pool2d_backward, avg_pool2d_forward, avg_pool2d_backward, fractional_max_pool2d_forward,
+              batch_norm_forward,
               batch_norm_backward, dropout_forward, dropout_backward, relu_forward, relu_backward,
               optim_step, ema_update, multi_scale, multi_copy, multi_norm_reduce):
         setattr(m, f.__name__, f)

@@ -19,10 +19,14 @@ from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatt
 from .loss import CrossEntropyLoss
 from .module import IncompatibleKeys, Module, Sequential
 from .parameter import Parameter
+from .regularize import (DropConnect, FractionalMaxPool2d, GaussianNoise, Residual, StochasticDepth, WeightNoise,
+                         with_weight_noise)
 from . import utils  # noqa: E402  (clip_grad_norm_)
 
 __all__ = [
     "Parameter", "Module", "Sequential", "IncompatibleKeys",
     "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "ReLU", "Sigmoid",
     "Linear", "Flatten", "Identity", "CrossEntropyLoss", "functional", "init",
+    "FractionalMaxPool2d", "DropConnect", "WeightNoise", "with_weight_noise", "GaussianNoise", "Residual",
+    "StochasticDepth",
 ]
