@@ -320,6 +320,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+@pytest.mark.skipif(__import__("opinfo").under_sanitizer(), reason="ASan replaces glibc's malloc: mallopt has no effect")
 def test_large_outputs_reuse_mapped_memory():
     """A 16 MiB output allocated per call is not a fresh mmap each time (deepkern/_cpu.py sets
     M_MMAP_THRESHOLD with M_TOP_PAD): measured 520 page faults per call before, 0 after."""
