@@ -128,6 +128,9 @@ EDGES = {
     "valid 3x3 (narrower output)": case(2, 6, 10, 9, 13, 3, 3),
     "7x7 planes (49 pixels: vector tails)": case(3, 16, 19, 7, 7, 3, 3, padding=(1, 1)),
     "stride 2 odd sizes": case(2, 7, 13, 15, 9, 3, 3, stride=(2, 2), padding=(1, 1)),
+    # rows of 48 and 70: whole-vector phase copies (plain loads/stores) then a masked tail
+    "stride 2 wide rows": case(2, 5, 7, 5, 48, 3, 3, stride=(2, 2), padding=(1, 1)),
+    "stride 2 wider odd rows": case(1, 3, 4, 4, 70, 3, 3, stride=(2, 2), padding=(0, 1)),
     "stride 3 with dilation 2": case(2, 4, 6, 17, 19, 3, 3, stride=(3, 3), padding=(2, 2), dilation=(2, 2)),
     "stride larger than the kernel": case(2, 3, 5, 11, 12, 2, 2, stride=(3, 3)),
     "asymmetric stride and kernel": case(2, 5, 8, 12, 10, 3, 5, stride=(1, 2), padding=(1, 2)),

@@ -397,6 +397,13 @@ inline void merge_row(float* dst, int64_t w, const float* const* src, int64_t s)
     using S = Simd;
     constexpr int L = S::L;
     for (int64_t j = 0; 2 * j < w; j += L) {
+      if (2 * j + 2 * L <= w) {  // whole vectors: plain loads and stores (see split_row)
+        S::V lo, hi;
+        S::interleave(S::load(src[0] + j), S::load(src[1] + j), lo, hi);
+        S::store(dst + 2 * j, lo);
+        S::store(dst + 2 * j + L, hi);
+        continue;
+      }
       const int64_t n = (w - 2 * j + 1) / 2;  // source columns left (the odd phase may be one short)
       const S::V e = S::loadm(src[0] + j, S::mask(low_bits(n)));
       const S::V o = S::loadm(src[1] + j, S::mask(low_bits(w / 2 - j)));
@@ -487,6 +494,14 @@ inline void split_row(float* const* dst, int64_t width, const float* src, int64_
     using S = Simd;
     constexpr int L = S::L;
     for (int64_t j = 0; j < width; j += L) {  // 2L source floats -> L even + L odd
+      if (2 * j + 2 * L <= w && j + L <= width) {
+        // whole vectors: plain loads and stores. Masked stores retire slowly on Zen 4/5: with
+        // them this copy took 35% of c6's forward, more than its GEMM (bench/NOTES.md)
+        S::V eo[2];
+        S::deinterleave(S::load(src + 2 * j), S::load(src + 2 * j + L), eo[0], eo[1]);
+        for (size_t k = 0; k < cols.size(); ++k) S::store(dst[k] + j, eo[cols[k]]);
+        continue;
+      }
       const S::V lo = S::loadm(src + 2 * j, S::mask(low_bits(w - 2 * j)));
       const S::V hi = S::loadm(src + 2 * j + L, S::mask(low_bits(w - 2 * j - L)));
       S::V eo[2];
