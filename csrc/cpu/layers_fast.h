@@ -829,10 +829,13 @@ static inline void run_sums(LaneSums& s, int64_t HW, const FU& U, const FW& W) {
         a[u] = S::add(a[u], x);
         b[u] = S::fma(x, W(i + u, true), b[u]);
       }
-    for (int u = 0; i < e; ++i, ++u) {
+    // the last 0-3 vectors go to chain 0: indexing a[u] with a run-time u here made GCC keep
+    // all eight accumulators on the stack for the whole loop (a store and a reload per add:
+    // the sums pass ran at store-forwarding latency; bench/NOTES.md)
+    for (; i < e; ++i) {
       const V x = U(i, true);
-      a[u] = S::add(a[u], x);
-      b[u] = S::fma(x, W(i, true), b[u]);
+      a[0] = S::add(a[0], x);
+      b[0] = S::fma(x, W(i, true), b[0]);
     }
     s.add(S::add(S::add(a[0], a[1]), S::add(a[2], a[3])), S::add(S::add(b[0], b[1]), S::add(b[2], b[3])), count);
   }
