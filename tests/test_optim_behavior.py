@@ -16,6 +16,7 @@ from deepkern.nn import Parameter
 from optim_cases import REFERENCE, grad_stream, make, make_params, ref_options
 
 from conftest import assert_bitwise, assert_close
+from opinfo import mem_available
 
 # learning rates that make each optimizer converge on the problems below
 CONVERGE = {
@@ -157,19 +158,8 @@ def test_separate_optimizers_in_python_threads():
             assert_bitwise(a, b)
 
 
-def _mem_available():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_mem_available() < 3 * 2 * 4 * (2**31 + 17), reason="needs ~52 GB of free memory")
+@pytest.mark.skipif(mem_available() < 3 * 2 * 4 * (2**31 + 17), reason="needs ~52 GB of free memory")
 def test_sgd_step_beyond_2_to_the_31_elements():
     """Offsets are int64 everywhere: the last elements of a 2^31 + 17 element tensor update."""
     n = 2**31 + 17

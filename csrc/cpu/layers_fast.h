@@ -265,6 +265,24 @@ static bool pair_groups(const Pool2dParams& p, PairGroups& G) {
 // Cost of one group vector on one core (~12 cycles), for the threading threshold.
 constexpr double kPairGroupNs = 4.0;
 
+// The maximum of one 2x2 window per lane and its flat input index, in the reference's tap
+// order a, b (right), c (below), d (below right): a later tap wins only when it is greater or
+// NaN (PyTorch's rule). base holds tap a's index; one, w0, w1 the offsets of b, c and d.
+static inline void max2x2_take(V a, V b, V c, V d, S::I base, S::I one, S::I w0, S::I w1, V& best,
+                               S::I& bi) {
+  best = a;
+  bi = base;
+  S::M t = S::gt_or_nan(b, best);
+  best = S::blend(t, best, b);
+  bi = S::blend_i(t, bi, S::add_i32(base, one));
+  t = S::gt_or_nan(c, best);
+  best = S::blend(t, best, c);
+  bi = S::blend_i(t, bi, S::add_i32(base, w0));
+  t = S::gt_or_nan(d, best);
+  best = S::blend(t, best, d);
+  bi = S::blend_i(t, bi, S::add_i32(base, w1));
+}
+
 static void max_pool_groups_forward(float* y_, int64_t* idx_, const float* x_, const PairGroups& G) {
   parallel_work(G.nvec, kPairGroupNs, [&](int64_t v0, int64_t v1) {
     const float* __restrict x = x_;
@@ -288,17 +306,9 @@ static void max_pool_groups_forward(float* y_, int64_t* idx_, const float* x_, c
       const V c = S::permute2(e01, tc, e23), d = S::permute2(o01, tc, o23);
       const S::I base = S::loadu_i32(G.base.data() + e * L);
       if (++e == P) e = 0;
-      V best = a;  // the reference's tap order a, b, c, d (see max_pool2d_forward_f32)
-      S::I bi = base;
-      S::M t = S::gt_or_nan(b, best);
-      best = S::blend(t, best, b);
-      bi = S::blend_i(t, bi, S::add_i32(base, one));
-      t = S::gt_or_nan(c, best);
-      best = S::blend(t, best, c);
-      bi = S::blend_i(t, bi, S::add_i32(base, w0));
-      t = S::gt_or_nan(d, best);
-      best = S::blend(t, best, d);
-      bi = S::blend_i(t, bi, S::add_i32(base, w1));
+      V best;
+      S::I bi;
+      max2x2_take(a, b, c, d, base, one, w0, w1, best, bi);
       if (n == L)
         S::store(y + o, best);
       else
@@ -399,17 +409,9 @@ bool max_pool2d_forward_f32(float* y_, int64_t* idx_, const float* x_, const Poo
             S::deinterleave(S::loadm(r1 + 2 * ow, m0), S::loadm(r1 + 2 * ow + L, m1), c, d);
           }
           const S::I base = S::add_i32(S::set1_i32(static_cast<uint32_t>(2 * oh * W + 2 * ow)), lane2);
-          V best = a;
-          S::I bi = base;
-          S::M t = S::gt_or_nan(b, best);
-          best = S::blend(t, best, b);
-          bi = S::blend_i(t, bi, S::add_i32(base, one));
-          t = S::gt_or_nan(c, best);
-          best = S::blend(t, best, c);
-          bi = S::blend_i(t, bi, S::add_i32(base, w0));
-          t = S::gt_or_nan(d, best);
-          best = S::blend(t, best, d);
-          bi = S::blend_i(t, bi, S::add_i32(base, w1));
+          V best;
+          S::I bi;
+          max2x2_take(a, b, c, d, base, one, w0, w1, best, bi);
           if (n == L) {
             S::store(yp + oh * OW + ow, best);
           } else {
