@@ -249,7 +249,7 @@ class Optimizer:
         jobs = []
         state = self.state
         for gi, group in enumerate(self.param_groups):
-            self._check_options(group)
+            self._check_options_if_changed(group)
             for pi, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None or not p.requires_grad:
@@ -268,6 +268,21 @@ class Optimizer:
                 jobs.append(job)
         _check_no_overlap(jobs)
         return jobs
+
+    def _check_options_if_changed(self, group: dict) -> None:
+        """_check_options(group), skipped while the group's options are exactly (type and
+        value) the ones last found valid: lr schedulers and users may change any option
+        between steps, so every step compares; the full check costs more than the compare."""
+        snap = _options_snapshot(group)
+        seen = self.__dict__.setdefault("_valid_options", {})
+        try:
+            if seen.get(id(group)) == snap:
+                return
+        except (TypeError, ValueError):  # an option whose == is not a bool (an array): check it
+            pass
+        seen.pop(id(group), None)
+        self._check_options(group)
+        seen[id(group)] = snap
 
     def _apply(self, jobs: list[_Job], grad_scale: float = 1.0, ema=None) -> None:
         """Run the update of the validated jobs (grad_scale and ema: see fused_step)."""
@@ -565,9 +580,32 @@ def _check_job(job):
                          "np.broadcast_to); give it its own array")
 
 
+def _options_snapshot(group):
+    """The group's options with their types (1.0, 1 and True compare equal but are not equally
+    valid), sequences element by element."""
+    out = []
+    for k, v in group.items():
+        if k == "params":
+            continue
+        if type(v) in (tuple, list):
+            v = (type(v), tuple((type(x), x) for x in v))
+        out.append((k, type(v), v))
+    return tuple(out)
+
+
 def _check_state(st, data, job):
     """State buffers are created with the parameter's shape and dtype; if .data was replaced
     since by an array of another shape or dtype, refuse (the buffers no longer fit)."""
+    if type(data) is np.ndarray:  # the common case, with nothing to report
+        shape, dtype = data.shape, data.dtype
+        for v in st.values():
+            if type(v) is np.ndarray:
+                if v.shape != shape or v.dtype != dtype:
+                    break
+            elif type(v) is not int:
+                break
+        else:
+            return
     for k, v in st.items():
         if type(v) is np.ndarray:
             if A.is_cuda(data):
