@@ -357,3 +357,14 @@ def test_cuda_path_imports_and_falls_back_to_mpi_without_cupy(monkeypatch):
     r = cuda.cuda_reducer(dist.init())
     assert isinstance(r, cuda.HostStagedReducer)
     assert callable(cuda.NcclReducer)
+
+
+def test_progress_thread_by_default_only_with_a_cpu_to_spare(monkeypatch):
+    from deepkern.distributed import ddp
+    monkeypatch.setattr(deepkern, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)   # mpirun --bind-to core
+    assert not ddp._spare_cpu()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert ddp._spare_cpu()
+    monkeypatch.setattr(deepkern, "get_num_threads", lambda: 3)                   # the kernels use them all
+    assert not ddp._spare_cpu()

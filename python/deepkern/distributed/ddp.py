@@ -26,6 +26,7 @@ is 1 - exposed / T_comm (bench/distributed.py reports it).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -82,9 +83,13 @@ class DistributedDataParallel(nn.Module):
       progress_thread    a Python thread polls the buckets in flight every 100 us while the
                          kernels run (they release the GIL): Open MPI's non-blocking
                          collectives advance only when polled, and the layer hooks poll only
-                         between layers (measured: 0% of a 1.2-3 MB allreduce hidden without
-                         the thread, most of it with). Needs MPI_THREAD_MULTIPLE (mpi4py's
-                         default); False: polls at the hooks only
+                         between layers. Needs MPI_THREAD_MULTIPLE (mpi4py's default). None
+                         (default): on only when this process may run on a CPU its kernels do
+                         not use (``os.sched_getaffinity`` larger than ``get_num_threads()``).
+                         In shared memory the allreduce is CPU work (copies and sums), so a
+                         rank pinned to one core has no spare CPU to hide it on; there the
+                         thread only takes turns with the kernels, measured 20-45% slower
+                         backward (bench/NOTES.md). True/False force it on/off
 
     Call ``zero_grad()`` (on the wrapper) before every backward, as the Trainer does: it zeroes
     the buckets and binds each ``p.grad`` to its slice. ``state_dict`` and ``load_state_dict``
@@ -95,7 +100,7 @@ class DistributedDataParallel(nn.Module):
     """
 
     def __init__(self, module, *, bucket_mb=DEFAULT_BUCKET_MB, broadcast_buffers=True, average=True, group=None,
-                 overlap=True, progress_thread=True):
+                 overlap=True, progress_thread=None):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"DistributedDataParallel wraps a deepkern.nn.Module, got {type(module).__name__}")
@@ -107,6 +112,8 @@ class DistributedDataParallel(nn.Module):
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "average", bool(average))
         object.__setattr__(self, "overlap", bool(overlap))
+        if progress_thread is None:
+            progress_thread = _spare_cpu()
         object.__setattr__(self, "_poller", _Poller() if progress_thread and self.group.size > 1
                            and _thread_multiple() else None)
         object.__setattr__(self, "timings", {"backward": [], "exposed_comm": [], "exposed_comm_cpu": []})
@@ -303,6 +310,17 @@ class _Poller:
                     except Exception:                # the main thread's wait reports errors
                         self.reqs = []
             time.sleep(self.interval)
+
+
+def _spare_cpu():
+    """Whether this process may run on more CPUs than its kernels' threads use (a rank bound to
+    one core by ``mpirun --bind-to core``, with one thread: no)."""
+    from .. import get_num_threads
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus > get_num_threads()
 
 
 def _thread_multiple():
