@@ -505,3 +505,53 @@ def test_cuda_backend_without_cupy_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(backends.Unavailable, match="CuPy"):
         backends.CudaBackend()
+
+
+# ---------------------------------------------------------------------------- the side-by-side triad
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 4099])
+def test_triad_pass_is_b_plus_s_c_on_any_thread_count(n):
+    from deepkern import _C
+    rng = np.random.default_rng(n)
+    b, c = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    want = b + np.float32(0.5) * c
+    outs, saved = [], deepkern.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            deepkern.set_num_threads(t)
+            a = np.full(n, np.nan, np.float32)
+            _C.triad_pass(a, b, c, 0.5)
+            outs.append(a)
+    finally:
+        deepkern.set_num_threads(saved)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-6, atol=1e-6)   # one FMA or a multiply and an add
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+
+
+def test_triad_pass_rejects_bad_arrays_before_writing():
+    from deepkern import _C
+    a, b, c = np.zeros(8, np.float32), np.ones(8, np.float32), np.ones(8, np.float32)
+    ro = a.copy()
+    ro.setflags(write=False)
+    for args, err in [((a.astype(np.float64), b, c), TypeError), ((a[::2], b[::2], c[::2]), ValueError),
+                      ((a, b[:4], c), ValueError), ((a, a, c), ValueError), ((a[:6], a[2:], a[2:]), ValueError),
+                      ((ro, b, c), ValueError), ((a.reshape(2, 4), b, c), ValueError)]:
+        before = args[0].copy()
+        with pytest.raises(err):
+            _C.triad_pass(*args, 3.0)
+        assert np.array_equal(args[0], before)
+
+
+def test_memory_bound_rows_are_held_to_a_triad_timed_with_them():
+    from deepkern.bench import run_suite
+
+    doc = run_suite(ops=["relu/fwd"], backends=["numpy", "cpu"], quick=True, progress=False, calibration=FAKE_CALIB)
+    rows = {r["backend"]: r for r in doc["results"]}
+    cpu, ref = rows["cpu"], rows["numpy"]
+    assert cpu["limit_source"].startswith("triad timed with the row")
+    assert _finite_positive(cpu["steady_ms"]) and _finite_positive(cpu["steady_triad_gbps"])
+    assert cpu["limit"] == cpu["steady_triad_gbps"]
+    assert cpu["pct_of_limit"] == pytest.approx(100 * cpu["bytes"] / (cpu["steady_ms"] * 1e-3) / 1e9
+                                                / cpu["steady_triad_gbps"])
+    # the reference row (timed alone) keeps the calibration curve's figure
+    assert ref["limit_source"] == "calibration curve" and ref["limit"] == ref["triad_curve_gbps"]

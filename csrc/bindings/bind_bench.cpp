@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bindings/array_check.h"
 #include "common/check.h"
 #include "cpu/calibrate.h"
 
@@ -52,6 +53,26 @@ void bind_bench(py::module_& m) {
       R"pbdoc(STREAM-like triad a = b + s*c over n float32 elements per array (12*n bytes
 per pass counted), on get_num_threads() threads with the SIMD level in use. Returns a dict:
 n, passes (per run), bytes_per_run, seconds (one per run), threads, isa.)pbdoc");
+
+  m.def(
+      "triad_pass",
+      [](py::array a, py::array b, py::array c, double s) {
+        DK_CHECK(a.ndim() == 1, "a must be 1-D, got ", shape_str(a));
+        const int64_t n = a.shape(0);
+        check_shape(b, "b", {n});
+        check_shape(c, "c", {n});
+        float* ap = out_ptr<float>(a, "a");
+        const float* bp = in_ptr<float>(b, "b");
+        const float* cp = in_ptr<float>(c, "c");
+        auto apart = [&](const float* q) { return ap + n <= q || q + n <= ap; };
+        DK_CHECK(n == 0 || (apart(bp) && apart(cp)), "a must not share memory with b or c");
+        py::gil_scoped_release nogil;
+        cpu::triad_once(ap, bp, cp, static_cast<float>(s), n);
+      },
+      py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("s"),
+      "One triad pass a = b + s*c over three float32 arrays of one length (12 bytes per element "
+      "counted), on get_num_threads() threads: the side-by-side bandwidth reference of deepkern "
+      "bench's memory-bound rows.");
 
   m.def(
       "calibrate_fma",

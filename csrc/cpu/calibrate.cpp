@@ -181,6 +181,17 @@ TimedRuns triad(int64_t n, double min_seconds, int repeats) {
   return r;
 }
 
+void triad_once(float* a, const float* b, const float* c, float s, int64_t n) {
+  DK_CHECK(n >= 0, "triad: n must be >= 0, got ", n);
+  const int nt = std::max(1, static_cast<int>(std::min<int64_t>(get_num_threads(), (n + 15) / 16)));
+  const TriadPassFn pass = pick_triad(active_isa());
+  on_each_thread(nt, [&](int t) {
+    int64_t lo, hi;
+    slice(n, t, nt, &lo, &hi);
+    if (hi > lo) pass(a + lo, b + lo, c + lo, s, hi - lo);
+  });
+}
+
 TimedRuns fma_peak(Isa isa, double min_seconds, int repeats) {
   DK_CHECK(repeats >= 1, "fma_peak: repeats must be >= 1, got ", repeats);
   DK_CHECK(min_seconds >= 0 && min_seconds <= 60, "fma_peak: min_seconds must be in [0, 60]");

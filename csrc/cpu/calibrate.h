@@ -35,6 +35,11 @@ struct TimedRuns {
 // Throws std::invalid_argument for n < 1, repeats < 1, or when the arrays cannot be allocated.
 TimedRuns triad(int64_t n, double min_seconds, int repeats);
 
+// One triad pass a = b + s*c over the caller's n floats, split over get_num_threads() threads
+// like triad()'s runs (`deepkern bench` times it interleaved with a memory-bound op on a
+// working set of the op's size: the limit measured side by side). a must not overlap b or c.
+void triad_once(float* a, const float* b, const float* c, float s, int64_t n);
+
 // Peak FMA rate of `isa` (clamped to what the CPU supports): every thread runs the same
 // register-only loop; iterations are doubled until one run takes at least min_seconds.
 TimedRuns fma_peak(Isa isa, double min_seconds, int repeats);

@@ -7,7 +7,11 @@ How to read the table (also in bench/README.md):
                          GB/s for memory-bound ops (the minimal bytes they must move)
     % limit              the rate as a fraction of what this machine can do for this case:
                          the triad bandwidth on a working set of the case's size (triad), or
-                         for convolutions the roofline min(FMA peak, intensity x bandwidth)
+                         for convolutions the roofline min(FMA peak, intensity x bandwidth).
+                         Memory-bound CPU rows: the op and that triad each timed back-to-back,
+                         alternated, in the same run (runner.py), so % triad is their ratio
+                         in the same cache state and moment (the rate column stays the
+                         interleaved median's)
     vs ref, vs torch     median time of the NumPy reference (or PyTorch) / this row's median:
                          above 1 means this row is faster
 """
