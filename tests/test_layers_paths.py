@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deepkern
 import deepkern.functional as F
 import deepkern.reference as R
 from conftest import assert_bitwise, assert_close, f64, num_threads
@@ -143,6 +144,34 @@ def test_max_pool_2x2_narrow_planes(isa_name, shape):
     with isa(isa_name):
         gx = F.max_pool2d_backward(dy, bad, x.shape)
     assert_close(gx, R.max_pool2d_backward(f64(dy), bad, x.shape), 1e-6, 1e-6, "grad_x, foreign index")
+
+
+def test_max_pool_backward_bindings_open_the_2x2_fast_paths():
+    """The backward gets indices, not the window: its bindings pass the 2x2/s2 geometry when the
+    input tiles into 2x2 windows exactly (the fast paths check every index against its own
+    window), and nothing otherwise (before this hint no backward took them)."""
+    geometry = deepkern._C._testing.pool_backward_geometry
+    assert geometry([64, 64, 32, 32], [64, 64, 16, 16]) == (2, 2, 2, 2, 1, 1)
+    assert geometry([3, 5, 2, 2], [3, 5, 1, 1]) == (2, 2, 2, 2, 1, 1)
+    for dx, dy in [([1, 1, 5, 4], [1, 1, 2, 2]), ([1, 1, 4, 4], [1, 1, 3, 3]), ([1, 1, 4, 4], [1, 1, 4, 4])]:
+        assert geometry(dx, dy) == (0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+def test_max_pool_backward_of_other_windows_that_tile_2x2(isa_name):
+    """Indices from windows other than 2x2/s2 whose outputs still halve the input (1x1/s2, and
+    3x3/s2/p1, whose windows overlap: two outputs may pick one element): the fast path accepts
+    only indices inside their own 2x2 window and leaves the rest to the scatter-add."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 8, 32)).astype(np.float32)
+    for k, s, p in [(1, 2, 0), (3, 2, 1)]:
+        with isa(isa_name):
+            y, idx = F.max_pool2d(x, k, s, p)
+            assert y.shape[2:] == (4, 16)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            gx = F.max_pool2d_backward(dy, idx, x.shape)
+        want = R.max_pool2d_backward(f64(dy), R.max_pool2d(x, k, s, p)[1], x.shape)
+        assert_close(gx, want, 1e-6, 1e-6, f"grad_x of {k}x{k}/s{s}/p{p}")
 
 
 # ---------------------------------------------------------------------------------- avg pool

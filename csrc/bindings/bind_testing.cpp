@@ -7,8 +7,14 @@
 //   dropout_threshold(p)        the keep threshold of a probability.
 //   window_out_size(...)        the output-size formula every window op and binding uses, for
 //                               sizes and arguments near 2**31 and 2**32.
+//   pool_backward_geometry(dx_shape, dy_shape)
+//                               the (kh, kw, sh, sw, dh, dw) max_pool2d_backward's bindings pass
+//                               to the kernels: the 2x2/s2 hint that opens the fast paths.
 #include <pybind11/pybind11.h>
 
+#include <pybind11/stl.h>
+
+#include "bindings/op_params.h"
 #include "common/params.h"
 #include "common/philox.h"
 
@@ -25,6 +31,10 @@ void bind_testing(py::module_& m) {
   t.def("dropout_threshold", [](double p) { return dropout_threshold(p); });
   t.def("window_out_size", &window_out_size, py::arg("size"), py::arg("k"), py::arg("s"),
         py::arg("p"), py::arg("d"), py::arg("ceil_mode"));
+  t.def("pool_backward_geometry", [](const std::vector<int64_t>& dx, const std::vector<int64_t>& dy) {
+    const Pool2dParams p = bind::pool_backward_sizes(dx, dy);
+    return py::make_tuple(p.kh, p.kw, p.sh, p.sw, p.dh, p.dw);
+  });
 }
 
 }  // namespace dk::py_bind

@@ -81,6 +81,17 @@ inline Pool2dParams pool_backward_sizes(const Shape& dx, const Shape& dy) {
   Pool2dParams p{};
   p.N = dx[0]; p.C = dx[1]; p.H = dx[2]; p.W = dx[3];
   p.OH = dy[2]; p.OW = dy[3];
+  // The indices carry all the scatter needs; the window geometry is a hint for the CPU's fast
+  // paths (cpu/layers_fast.h), which take 2x2 windows at stride 2 when the input tiles into
+  // them exactly, check every index against its own window, and leave any plane with an index
+  // elsewhere to the generic scatter. Windows that tile are disjoint, so an accepted set of
+  // indices has no two on one element: the fast paths' "dx = dy at the index, 0 elsewhere" is
+  // the scatter-add, whatever window the forward used. (Without the hint no backward ever
+  // took them: every call zeroed dx and scattered element by element.)
+  if (p.H == 2 * p.OH && p.W == 2 * p.OW) {
+    p.kh = p.kw = p.sh = p.sw = 2;
+    p.dh = p.dw = 1;
+  }
   return p;
 }
 
