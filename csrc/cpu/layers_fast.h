@@ -1040,7 +1040,10 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
     });
     return;
   }
-  const int64_t cb = bn_block(p, 2);
+  // the training forward's choice (see there): a channel too big for the L2 budget, in long
+  // runs that alias in the L2, is better read in memory order over the thread's whole range
+  const bool seq = bn_block(p, 2) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
+  const int64_t cb = seq ? C : bn_block(p, 2);
   parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
     const float* __restrict x = x_;
     const float* __restrict dy = dy_;
