@@ -265,8 +265,8 @@ def test_batch_norm(isa_name, shape, training):
 
 @pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
 def test_batch_norm_long_runs_in_memory_order(isa_name):
-    """Channels of > 256 KB in runs of >= 1 KB (the training forward then makes two passes in
-    memory order instead of channel blocks, layers_fast.h): against the reference, run lengths
+    """Channels of > 256 KB in runs of >= 1 KB (the training forward and the backward then make
+    two passes in memory order instead of channel blocks, layers_fast.h): against the reference, run lengths
     that are not a multiple of the vector width, and the same bits on 1, 2 and 3 threads."""
     rng = np.random.default_rng(31)
     x = (rng.standard_normal((66, 3, 17, 61)) * 3 + 2).astype(np.float32)
