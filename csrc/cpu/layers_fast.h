@@ -41,6 +41,23 @@ constexpr int L = S::L;
 // element's value), at least this many elements per thread.
 constexpr int64_t kMinPerThread = 1 << 15;
 
+// Streams that cross 4 KiB pages often can lose the hardware prefetchers at every page (AMD's
+// L2 stream prefetcher does not cross page boundaries). A software prefetch kPrefetchAhead
+// floats (16 KiB) ahead of the reads keeps the next pages coming, at one instruction per line.
+// Measured per kernel on 64x64x32x32, 2 threads, in two machine states minutes apart
+// (bench/NOTES.md): ReLU backward (two input streams) won in both (0.64-0.70 -> 0.58-0.61 ms
+// with the VM's memory contended, 0.34-0.36 -> 0.32 quiet); max pooling forward and the batch
+// norm forward won contended (0.30 -> 0.24 ms, ~5%) and lost quiet (0.19 -> 0.23, 0.34 ->
+// 0.37); ReLU forward, dropout backward, max pooling backward and the batch norm backward were
+// equal or slower. Used where it won in both: ReLU backward.
+// prefetch_ahead(p, n, end): the n floats at p + kPrefetchAhead, stopping at end.
+constexpr int64_t kPrefetchAhead = 4096;
+static inline void prefetch_ahead(const float* p, int64_t n, const float* end) {
+  const int64_t m = std::min(n, (end - p) - kPrefetchAhead);  // no pointer formed past end
+  for (int64_t i = 0; i < m; i += 64 / sizeof(float))
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead + i), _MM_HINT_T0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // ReLU. y = x < 0 ? 0 : x keeps NaN: max_ps(a, b) returns b when either is NaN, so max(0, x)
 // passes a NaN x through (and keeps -0.0, as x < 0 is false for it).
@@ -68,9 +85,12 @@ void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n)
     const float* __restrict dy = dy_;
     const float* __restrict y = y_;
     int64_t i = b;
-    for (; i + 2 * L <= e; i += 2 * L)
+    for (; i + 2 * L <= e; i += 2 * L) {
+      prefetch_ahead(y + i, 2 * L, y + e);
+      prefetch_ahead(dy + i, 2 * L, dy + e);
       for (int u = 0; u < 2; ++u)
         S::store(dx + i + u * L, S::zero_le0(S::load(y + i + u * L), S::load(dy + i + u * L)));
+    }
     for (; i < e; i += L) {
       const S::M m = S::mask(low_bits(e - i));
       S::storem(dx + i, m, S::zero_le0(S::loadm(y + i, m), S::loadm(dy + i, m)));
@@ -1071,6 +1091,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         const V mv = S::set1(mean[c]);
         const float* xr = x + off;
         const float* gr = dy + off;
+
         // masked-off lanes: g = 0 and x - mean = 0
         auto g = [&](int64_t i, bool full) {
           return full ? S::load(gr + i * L) : S::loadm(gr + i * L, S::mask(low_bits(HW - i * L)));
@@ -1090,6 +1111,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
       block_runs(p, b0, b1, nullptr, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
+
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
           const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
           V r;
