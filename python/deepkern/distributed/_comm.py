@@ -18,8 +18,9 @@ ranks that each have a core: the peer is a few to a hundred microseconds late, a
 would wake ~40-90 us after the data arrived), 50 us again as soon as one wait outlasts the
 spin (a peer that was preempted: spinning then holds a core the scheduler could give to
 whatever is crowding the peer), doubling back with every wait that ends inside it.
-DEEPKERN_DIST_SPIN_US fixes the spin instead. The process's timer slack is set to 1 us, so a
-20 us sleep lasts ~40 us rather than Linux's default 50 us of slack on top.
+DEEPKERN_DIST_SPIN_US fixes the spin instead. The timer slack of the thread that starts the
+group (threads it starts later inherit it) is set to 1 us, so a 20 us sleep lasts ~40 us rather
+than getting Linux's default 50 us of slack on top.
 
 Without MPI (mpi4py absent, or not started under mpirun) ``init()`` gives a world of size 1
 whose collectives return at once.
