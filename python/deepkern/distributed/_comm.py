@@ -100,8 +100,7 @@ class Group:
         from mpi4py import MPI
         spin = self.spin
         if MPI.Request.Testall(requests):
-            if self.adaptive_spin:
-                self.spin = min(2 * spin, SPIN_MAX_US * 1e-6)
+            self._adapt_spin(spin, ended_inside=True)
             return
         t0 = time.monotonic()
         polls = 0
@@ -121,11 +120,14 @@ class Group:
             # sleep, not sched_yield: a yielding task goes to the back of the run queue and on
             # a loaded machine waits a whole slice; a sleeping one is woken ahead of the others
             time.sleep(_NAP if waited < 0.05 else 0.001)
+        self._adapt_spin(spin, ended_inside=time.monotonic() - t0 < spin)
+
+    def _adapt_spin(self, spin, ended_inside):
+        """After a wait that spun up to ``spin``: one that outlasted it means the peer was
+        preempted (stop holding the core); one that ended inside it, that the ranks run side by
+        side (spin longer again, up to the cap). A fixed DEEPKERN_DIST_SPIN_US stays."""
         if self.adaptive_spin:
-            # a wait that outlasted the spin: the peer was preempted, stop holding the core;
-            # one that ended inside it: the ranks run side by side, spin longer again
-            done = time.monotonic() - t0
-            self.spin = SPIN_MIN_US * 1e-6 if done >= spin else min(2 * spin, SPIN_MAX_US * 1e-6)
+            self.spin = min(2 * spin, SPIN_MAX_US * 1e-6) if ended_inside else SPIN_MIN_US * 1e-6
 
     def progress(self, requests):
         """Poke MPI so started non-blocking collectives move on (returns True when all are done)."""

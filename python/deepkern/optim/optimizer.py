@@ -642,12 +642,17 @@ def _check_no_overlap(jobs):
         a, b = arrays[i], arrays[j]
         if not (a.flags.c_contiguous and b.flags.c_contiguous) and not np.shares_memory(a, b):
             continue  # interleaved views: their ranges cross but no element is shared
-        ja, jb = jobs[i // 2], jobs[j // 2]
-        if ja is jb:
-            raise ValueError(f"{jb.where}: grad shares memory with the parameter's data")
-        what = ("data", "grad")
-        raise ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
-                         "step needs separate arrays")
+        raise _overlap_error(jobs, i, j)
+
+
+def _overlap_error(jobs, i, j):
+    """The ValueError for overlapping arrays i and j of a sweep over (data, grad) of each job."""
+    ja, jb = jobs[i // 2], jobs[j // 2]
+    if ja is jb:
+        return ValueError(f"{jb.where}: grad shares memory with the parameter's data")
+    what = ("data", "grad")
+    return ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
+                      "step needs separate arrays")
 
 
 def _check_no_overlap_cuda(jobs):
@@ -662,12 +667,7 @@ def _check_no_overlap_cuda(jobs):
             infos += (A.interface(job.data, "data"), _span(A.interface(job.grad, "grad")))
             written += (True, False)
         for i, j in A.find_overlaps(infos, written):
-            ja, jb = group[i // 2], group[j // 2]
-            if ja is jb:
-                raise ValueError(f"{jb.where}: grad shares memory with the parameter's data")
-            what = ("data", "grad")
-            raise ValueError(f"{jb.where} {what[j % 2]} shares memory with {ja.where} {what[i % 2]}; an optimizer "
-                             "step needs separate arrays")
+            raise _overlap_error(group, i, j)
 
 
 def _span(info):
