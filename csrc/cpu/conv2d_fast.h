@@ -168,8 +168,18 @@ inline UkernelFn ukernel_for(int mr, int nv) {
 // ---------------------------------------------------------------------------------------------
 // Packing A: rows [r0, r0+mr) of a row-major matrix W (row stride ldw), columns [0, K),
 // into one panel ap[k][mr]. (The weights of a group are W[ocpg][K].)
+// A full panel (mr == kMR, a constant) unrolls into kMR loads and stores per k: the generic
+// loop with a run-time mr ran at ~4 cycles per element, 3-4 us a call for the 32x144 weights
+// of the digits CNN's second convolution, paid again by every forward (bench/NOTES.md).
+template <int MR>
+inline void pack_a_rows_fixed(float* __restrict ap, const float* __restrict w, int64_t ldw, int64_t K) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int i = 0; i < MR; ++i) ap[k * MR + i] = w[i * ldw + k];
+}
+
 inline void pack_a_rows(float* __restrict ap, const float* __restrict w, int64_t ldw, int mr,
                         int64_t K) {
+  if (mr == kMR) return pack_a_rows_fixed<kMR>(ap, w, ldw, K);
   for (int64_t k = 0; k < K; ++k)
     for (int i = 0; i < mr; ++i) ap[k * mr + i] = w[i * ldw + k];
 }
@@ -202,6 +212,31 @@ inline PackedA pack_weights(const float* w, int64_t G, int64_t rows, int64_t K,
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t g = b / A.nblocks, ob = b % A.nblocks;
       pack_a_rows(A.panel(g, ob), w + (g * rows + ob * kMR) * K, K, A.mr(ob), K);
+    }
+  });
+  return A;
+}
+
+// The packed weights of the input gradient for one stride phase, straight from w[G][ocpg][cpg]
+// [KH*KW]: rows are the input channels c, depth k = o * Tp + t over the output channels o and
+// the Tp taps reaching the phase (tap[t]: the tap's offset kh * KW + kw in a filter), i.e.
+//     A[g][c][o * Tp + t] = w[g][o][c][tap[t]]
+// in panels of MR channels, without an intermediate transposed copy.
+inline PackedA pack_weights_by_tap(const float* w, int64_t G, int64_t cpg, int64_t ocpg, int64_t T,
+                                   const int64_t* tap, int64_t Tp) {
+  PackedA A(G, cpg, ocpg * Tp, nullptr);
+  parallel_work(G * A.nblocks, 0.3 * static_cast<double>(kMR * A.K), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t g = b / A.nblocks, ob = b % A.nblocks;
+      const int mr = A.mr(ob);
+      float* __restrict ap = A.panel(g, ob);
+      for (int64_t o = 0; o < ocpg; ++o) {
+        const float* wo = w + ((g * ocpg + o) * cpg + ob * kMR) * T;
+        for (int64_t t = 0; t < Tp; ++t, ap += mr) {
+          const float* src = wo + tap[t];
+          for (int i = 0; i < mr; ++i) ap[i] = src[i * T];
+        }
+      }
     }
   });
   return A;
@@ -661,20 +696,16 @@ inline void backward_input_strided(float* dx, const float* dy, const float* w,
       if (Tp == 0) continue;  // no tap reaches this phase: it stays zero
       P.f = std::make_unique<FlatSpec>(Tp, Hd, width);
       const int64_t Ha = (p.H - a + s_h - 1) / s_h, Wb = (p.W - b + s_w - 1) / s_w;
-      Vec<float> wp(p.G * cpg * ocpg * Tp);  // [g][c][oc][t]
+      Vec<int64_t> tap(Tp);
       for (int64_t t = 0; t < Tp; ++t) {
         const auto [kh, kw] = taps[t];
         const int64_t eh = (a + p.ph - kh * p.dh) / s_h, ew = (b + p.pw - kw * p.dw) / s_w;
         // grid pixel (i, j) reads dy[i + eh, j + ew]; valid inside dy and inside this phase
         P.f->set_tap(t, eh * width + ew, std::max(-eh, int64_t(0)), std::min(p.OH - eh, Ha),
                      std::max(-ew, int64_t(0)), std::min(p.OW - ew, Wb));
-        for (int64_t g = 0; g < p.G; ++g)
-          for (int64_t c = 0; c < cpg; ++c)
-            for (int64_t o = 0; o < ocpg; ++o)
-              wp[((g * cpg + c) * ocpg + o) * Tp + t] =
-                  w[(((g * ocpg + o) * cpg + c) * p.KH + kh) * p.KW + kw];
+        tap[t] = kh * p.KW + kw;
       }
-      P.A = pack_weights(wp.data(), p.G, cpg, ocpg * Tp);
+      P.A = pack_weights_by_tap(w, p.G, cpg, ocpg, T, tap.data(), Tp);
     }
   const int64_t K = ocpg * T;  // upper bound of every phase's depth
   const int64_t kc = choose_kc(K, cpg);
