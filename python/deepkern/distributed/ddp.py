@@ -34,6 +34,7 @@ from collections import Counter
 import numpy as np
 
 from .. import nn
+from ..nn import module as _module
 from ..nn._array import array_module
 from ._comm import group
 from .collectives import DEFAULT_BUCKET_MB, broadcast_buffers, broadcast_parameters, plan_buckets
@@ -42,7 +43,7 @@ __all__ = ["DistributedDataParallel"]
 
 
 class _Bucket:
-    __slots__ = ("index", "params", "flat", "views", "expected", "remaining", "req", "launched")
+    __slots__ = ("index", "params", "flat", "views", "expected", "remaining", "req", "launched", "scale")
 
     def __init__(self, index, params, xp):
         self.index = index
@@ -134,6 +135,10 @@ class DistributedDataParallel(nn.Module):
                 slots[id(p)] = (b, v)
         object.__setattr__(self, "_buckets", buckets)
         object.__setattr__(self, "_slots", slots)
+        object.__setattr__(self, "_unbucketed", (None, []))
+        object.__setattr__(self, "_wait_what", f"gradient allreduce ({len(buckets)} buckets)")
+        for b in buckets:
+            b.scale = b.flat.dtype.type(1.0 / self.group.size)
         object.__setattr__(self, "_active", False)
         object.__setattr__(self, "_next_launch", 0)
         # hook every module that owns trainable parameters directly; a parameter shared by
@@ -174,12 +179,21 @@ class DistributedDataParallel(nn.Module):
         """Zero the buckets and bind every trainable p.grad to its slice (set_to_none is
         accepted for the Module interface; the gradients live in the buckets)."""
         for b in self._buckets:
-            b.flat[...] = 0
+            b.flat.fill(0)
             for p, v in zip(b.params, b.views):
                 p.grad = v
-        for p in self.module.parameters():
-            if id(p) not in self._slots:
-                p.grad = None
+        for p in self._unbucketed_params():
+            p.grad = None
+
+    def _unbucketed_params(self):
+        """The model's parameters without a bucket (frozen ones, or added after wrapping), whose
+        gradients zero_grad drops; listed again only when the model's structure changed."""
+        version, params = self._unbucketed
+        if version != _module._structure_version:
+            version = _module._structure_version
+            params = [p for p in self.module.parameters() if id(p) not in self._slots]
+            object.__setattr__(self, "_unbucketed", (version, params))
+        return params
 
     def backward(self, grad_out):
         for b in self._buckets:
@@ -197,17 +211,17 @@ class DistributedDataParallel(nn.Module):
         for b in self._buckets:                    # parameters whose layer did not run
             if not b.launched:
                 for p, v in zip(b.params, b.views):
-                    _bind(p, v)
+                    if p.grad is not v:
+                        _bind(p, v)
                 b.remaining = 0
         self._launch_ready()
         if self._poller is not None:
             self._poller.stop()                    # no two threads may test one request
         c1 = time.thread_time()
-        self._reducer.wait([b.req for b in self._buckets if b.req is not None],
-                           f"gradient allreduce ({len(self._buckets)} buckets)")
+        self._reducer.wait([b.req for b in self._buckets if b.req is not None], self._wait_what)
         if self.average and self.group.size > 1:
             for b in self._buckets:
-                b.flat *= b.flat.dtype.type(1.0 / self.group.size)
+                b.flat *= b.scale
         self._reducer.finish(self._buckets)
         t2 = time.perf_counter()
         self.timings["backward"].append(t1 - t0)
@@ -252,7 +266,7 @@ class DistributedDataParallel(nn.Module):
         self._reducer.wait([r for r in reqs if r is not None], "allreduce_buckets")
         if self.average and self.group.size > 1:
             for b in self._buckets:
-                b.flat *= b.flat.dtype.type(1.0 / self.group.size)
+                b.flat *= b.scale
         self._reducer.finish(self._buckets)
 
     def remove_hooks(self):

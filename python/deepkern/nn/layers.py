@@ -4,7 +4,10 @@ with an explicit ``backward``.
 Every layer keeps what its backward needs from the last forward (its input, the dropout
 mask, the pooling indices, the batch statistics). ``backward(grad_out)`` returns the gradient
 with respect to that input and adds the parameters' gradients to their ``.grad`` (a frozen
-parameter, ``requires_grad=False``, gets none). Calling backward twice adds twice.
+parameter, ``requires_grad=False``, gets none). Calling backward twice adds twice. What a
+forward keeps goes straight into the instance ``__dict__`` (``self.__dict__["_saved"] = ...``):
+Module.__setattr__'s registry checks cost more than the store, on every call, for private
+names that are never parameters, buffers or modules.
 
 The convolution, pooling, batch norm, dropout and ReLU layers call ``deepkern.functional``,
 so they run on the backend their arrays select (NumPy arrays on the C++ ``cpu`` backend, or
@@ -27,6 +30,7 @@ import math
 import numpy as np
 
 from .. import _next_seed
+from .._backend import _mode as _mode_var
 from .. import _validate as V
 from .. import functional as F
 from . import init
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = V.FLOAT_DTYPES
+_mode = _mode_var.get  # the backend use_backend() selects (None: the default, cpu)
 
 
 def _param_dtype(dtype):
@@ -77,24 +82,28 @@ def _run(layer, slot, key, op, *args):
     """``deepkern.functional.<op>(*args)``, validated once per key (the fast path).
 
     The public function, which validates everything, runs the first time and whenever
-    ``key`` differs from the key stored in ``layer.<slot>``; while it stays the same, the
-    backend function of the same name runs directly (``functional._unchecked``). A key holds
-    everything the validation looked at: shapes, dtypes, the identity of the parameter
-    arrays, the arguments. ``key`` None (an input the fast path does not take): always the
-    public function.
+    ``key`` differs from the key stored in ``layer.<slot>``; while it stays the same (and the
+    backend selected by ``use_backend`` too), the backend function of the same name runs
+    directly: the slot keeps (key, backend mode, that function). A key holds everything the
+    validation looked at: shapes, dtypes, the identity of the parameter arrays, the
+    arguments. ``key`` None (an input the fast path does not take): always the public
+    function. The slot lives in the instance ``__dict__`` (written without
+    Module.__setattr__, whose registry checks a private slot never needs).
     """
-    if key is not None and key == getattr(layer, slot):
-        return getattr(F._unchecked(args[0]), op)(*args)
+    d = layer.__dict__
+    hit = d[slot]
+    if hit is not None and hit[0] == key and hit[1] == _mode():
+        return hit[2](*args)
     out = getattr(F, op)(*args)
-    object.__setattr__(layer, slot, key)
+    d[slot] = None if key is None else (key, _mode(), getattr(F._unchecked(args[0]), op))
     return out
 
 
 def _grad_key(layer, g):
     """The backward key: grad_out's shape and dtype, and the forward's key (None when either
     the forward input or grad_out cannot take the fast path)."""
-    fkey = layer._fkey
-    return (g.shape, g.dtype, fkey) if fkey is not None and _contiguous(g) else None
+    fkey = layer.__dict__["_fkey"]
+    return (g.shape, g.dtype, fkey[0]) if fkey is not None and _contiguous(g) else None
 
 
 def _no_forward(layer):
@@ -194,7 +203,7 @@ class Conv2d(Module):
         args = self._conv_args()
         key = (x.shape, x.dtype, id(w), id(b), args) if _fastable(x) else None
         y = _run(self, "_fkey", key, "conv2d", x, w, b, *args)
-        self._saved = (x, w, args)
+        self.__dict__["_saved"] = (x, w, args)
         return y
 
     def backward(self, grad_out):
@@ -268,7 +277,7 @@ class MaxPool2d(Module):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
         y, idx = _run(self, "_fkey", key, "max_pool2d", x, *args)
-        self._saved = (x.shape, idx)
+        self.__dict__["_saved"] = (x.shape, idx)
         return (y, idx) if self.return_indices else y
 
     def backward(self, grad_out):
@@ -319,7 +328,7 @@ class AvgPool2d(Module):
         args = self._pool_args()
         key = (x.shape, x.dtype, args) if _fastable(x) else None
         y = _run(self, "_fkey", key, "avg_pool2d", x, *args)
-        self._saved = (x.shape, args)
+        self.__dict__["_saved"] = (x.shape, args)
         return y
 
     def backward(self, grad_out):
@@ -404,7 +413,7 @@ class _BatchNorm(Module):
         else:
             key = None
         y, mean, invstd = _run(self, "_fkey", key, "batch_norm", x, w, b, rm, rv, use_batch, momentum, self.eps)
-        self._saved = (x, w, mean, invstd, use_batch, in_shape)
+        self.__dict__["_saved"] = (x, w, mean, invstd, use_batch, in_shape)
         return y if in_shape is None else y.reshape(in_shape)
 
     def backward(self, grad_out):
@@ -481,7 +490,7 @@ class Dropout(Module):
             return x
         key = (x.shape, x.dtype, p) if _contiguous(x) else None
         y, mask = _run(self, "_fkey", key, "dropout", x, p, True, _next_seed())
-        self._saved = (mask, p)
+        self.__dict__["_saved"] = (mask, p)
         return y
 
     def backward(self, grad_out):
@@ -504,7 +513,7 @@ class ReLU(Module):
         self._fkey = self._bkey = None
 
     def forward(self, x):
-        self._y = y = _run(self, "_fkey", (x.shape, x.dtype) if _contiguous(x) else None, "relu", x)
+        self.__dict__["_y"] = y = _run(self, "_fkey", (x.shape, x.dtype) if _contiguous(x) else None, "relu", x)
         return y
 
     def backward(self, grad_out):
@@ -610,7 +619,7 @@ class Linear(Module):
         y = xp.matmul(x, w.T)
         if self.bias is not None:
             y += self.bias.data
-        self._saved = (x, w)
+        self.__dict__["_saved"] = (x, w)
         return y
 
     def backward(self, grad_out):
@@ -644,8 +653,13 @@ class Flatten(Module):
         self.start_dim = V.as_int(start_dim, "start_dim", None)
         self.end_dim = V.as_int(end_dim, "end_dim", None)
         self._x_shape = None
+        self._fast = None
 
     def forward(self, x):
+        fast = self.__dict__["_fast"]  # ((input shape, dims), output shape) of the last NumPy input
+        if type(x) is np.ndarray and fast is not None and (x.shape, self.start_dim, self.end_dim) == fast[0]:
+            self.__dict__["_x_shape"] = fast[0][0]
+            return x.reshape(fast[1])
         V.array_kind(x, "Flatten input")
         shape = tuple(x.shape)
         nd = max(len(shape), 1)
@@ -662,7 +676,9 @@ class Flatten(Module):
         n = 1
         for d in shape[s:e + 1]:
             n *= d
-        return x.reshape(shape[:s] + (n,) + shape[e + 1:])
+        out = shape[:s] + (n,) + shape[e + 1:]
+        self.__dict__["_fast"] = ((shape, self.start_dim, self.end_dim), out) if type(x) is np.ndarray else None
+        return x.reshape(out)
 
     def backward(self, grad_out):
         if self._x_shape is None:
