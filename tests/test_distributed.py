@@ -252,6 +252,21 @@ def test_ddp_of_one_rank_trains_bitwise_like_the_model(rng):
         assert_bitwise(runs[1][k], runs[0][k], k)
 
 
+def test_ddp_zero_grad_drops_gradients_of_parameters_without_a_bucket(rng):
+    """A frozen parameter at wrapping time, and one added to the model afterwards, have no
+    bucket: zero_grad sets their gradients to None (the list follows the model's structure)."""
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    m[2].bias.requires_grad = False
+    ddp = dist.DistributedDataParallel(m)
+    m[2].bias.grad = np.ones(2, np.float32)
+    ddp.zero_grad()
+    assert m[2].bias.grad is None and m[0].weight.grad is not None
+    m.add_module("extra", nn.Linear(2, 2))
+    m.extra.weight.grad = np.ones((2, 2), np.float32)
+    ddp.zero_grad()
+    assert m.extra.weight.grad is None and m[2].bias.grad is None
+
+
 def test_allreduce_gradients_of_one_rank_keeps_values():
     ps = [nn.Parameter(np.ones((2, 3), np.float32)), nn.Parameter(np.ones(4, np.float32))]
     ps[0].grad = np.full((2, 3), 2.0, np.float32)

@@ -336,6 +336,24 @@ def test_flatten_shapes():
         nn.Flatten(4)(x)
 
 
+def test_flatten_fast_path_follows_shape_and_dims():
+    """Flatten remembers the last shape it validated; a new shape or changed start_dim/end_dim
+    is validated again, and backward restores the shape of the latest forward."""
+    f = nn.Flatten()
+    a, b = np.zeros((2, 3, 4, 5), np.float32), np.zeros((3, 3, 4, 5), np.float32)
+    assert f(a).shape == (2, 60) and f(a).shape == (2, 60)
+    assert f(b).shape == (3, 60) and f.backward(np.zeros((3, 60), np.float32)).shape == (3, 3, 4, 5)
+    f.start_dim = 2
+    assert f(b).shape == (3, 3, 20)
+    f.end_dim = 2
+    assert f(b).shape == (3, 3, 4, 5)      # dim 2 alone: unchanged
+    f.start_dim = 5
+    with pytest.raises(ValueError, match="out of range"):
+        f(b)
+    f.start_dim = 1
+    assert f(a).shape == (2, 12, 5) and f.backward(np.zeros((2, 12, 5), np.float32)).shape == a.shape
+
+
 # ---------------------------------------------------------------------------- construction and init
 
 def test_pytorch_argument_names_attributes_and_repr():
