@@ -264,27 +264,35 @@ def test_batch_norm(isa_name, shape, training):
 
 
 @pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
-def test_batch_norm_long_runs_in_memory_order(isa_name):
+def test_batch_norm_long_runs_in_memory_order(isa_name, monkeypatch):
     """Channels of > 256 KB in runs of >= 1 KB (the training forward and the backward then make
     two passes in memory order instead of channel blocks, layers_fast.h): against the reference, run lengths
-    that are not a multiple of the vector width, and the same bits on 1, 2 and 3 threads."""
+    that are not a multiple of the vector width, and the same bits on 1, 2 and 3 threads, with
+    the outputs' streaming stores (DEEPKERN_STREAM_STORES; runs start at every alignment) and
+    without."""
     rng = np.random.default_rng(31)
     x = (rng.standard_normal((66, 3, 17, 61)) * 3 + 2).astype(np.float32)
     w, b = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     res = []
     with isa(isa_name):
-        for t in (1, 2, 3):
-            with num_threads(t):
-                y, sm, si = F.batch_norm(x, w, b, None, None, True)
-                res.append([y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True)])
+        for stream in ("0", "1"):
+            monkeypatch.setenv("DEEPKERN_STREAM_STORES", stream)
+            for t in (1, 2, 3):
+                with num_threads(t):
+                    y, sm, si = F.batch_norm(x, w, b, None, None, True)
+                    res.append([y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True),
+                                *F.batch_norm_backward(dy, x, w, sm, si, False)])
     for r in res[1:]:
         for k, (g, e) in enumerate(zip(r, res[0])):
             assert_bitwise(g, e, f"output {k}")
     ry, _, _ = R.batch_norm(f64(x), *f64(w, b), None, None, True, 0.1, 1e-5)
     assert_close(res[0][0], ry, *tol("batch_norm", np.float32), what="y")
     want = R.batch_norm_backward(*f64(dy, x, w, res[0][1], res[0][2]), True)
-    for g, r, name in zip(res[0][3:], want, ("grad_x", "grad_weight", "grad_bias")):
+    for g, r, name in zip(res[0][3:6], want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
+    want = R.batch_norm_backward(*f64(dy, x, w, res[0][1], res[0][2]), False)
+    for g, r, name in zip(res[0][6:], want, ("eval grad_x", "eval grad_weight", "eval grad_bias")):
         assert_close(g, r, *tol("batch_norm_backward", np.float32), what=name)
 
 
@@ -361,7 +369,7 @@ def test_large_outputs_reuse_mapped_memory():
 
 
 SPLIT_EVERYTHING = """
-import numpy as np, deepkern, deepkern.functional as F
+import os, numpy as np, deepkern, deepkern.functional as F
 from deepkern import _C
 rng = np.random.default_rng(5)
 for isa in %(isas)r:
@@ -372,8 +380,9 @@ for isa in %(isas)r:
         C = shape[1]
         w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
         res = []
-        for t in (1, 2, 3, 5):
+        for t, stream in ((1, "0"), (2, "0"), (3, "0"), (5, "0"), (1, "1"), (3, "1"), (5, "1")):
             deepkern.set_num_threads(t)
+            os.environ["DEEPKERN_STREAM_STORES"] = stream  # streaming stores where a kernel has them
             y, sm, si = F.batch_norm(x, w, b, None, None, True)
             out = [y, sm, si, *F.batch_norm_backward(dy, x, w, sm, si, True), F.relu(x), F.relu_backward(dy, x)]
             out += list(F.dropout(x, 0.3, seed=4))
@@ -391,5 +400,6 @@ print("ok")
 
 def test_thread_count_invariance_of_small_jobs():
     """Small jobs run on one thread (csrc/cpu/threading.h); with DEEPKERN_PARALLEL_MIN_NS=0 they
-    are split like large ones, and the results must not change with the thread count."""
+    are split like large ones, and the results must not change with the thread count, nor with
+    streaming stores forced on (split points at every alignment)."""
     run_with_every_job_split(SPLIT_EVERYTHING)

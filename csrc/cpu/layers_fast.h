@@ -50,6 +50,46 @@ constexpr int64_t kMinPerThread = 1 << 15;
 // norm forward won contended (0.30 -> 0.24 ms, ~5%) and lost quiet (0.19 -> 0.23, 0.34 ->
 // 0.37); ReLU forward, dropout backward, max pooling backward and the batch norm backward were
 // equal or slower. Used where it won in both: ReLU backward.
+// Non-temporal (streaming) stores for outputs of tensors bigger than the L3. A normal store
+// first reads the line it writes (the write-allocate read: a third more traffic on a
+// read-one-write-one pass) and leaves the output in the caches, evicting what a second pass
+// over the input would have found there. When an op's arrays together fill the L3 the output
+// would not stay cached for the next layer anyway, so it goes straight to memory (an L3 that
+// the VM shares with its neighbours and both threads share with each other: "fill" counts
+// from its full size, conservatively). Used where it won, measured alternated (bench/NOTES.md,
+// 64x64x32x32, 2 threads): batch norm's memory-order passes, which also keep x in the L3 for
+// their second pass that way (forward 0.634 -> 0.569 ms contended, 0.354 -> 0.346 quiet;
+// backward 1.333 -> 1.084, 0.874 -> 0.734), and ReLU backward (0.686 -> 0.549, 0.857 ->
+// 0.653). Not used: ReLU forward (0.370 -> 0.403, slower) and dropout backward (even).
+// DEEPKERN_STREAM_STORES=1 forces them wherever a kernel has the path (tests run it on small
+// shapes), 0 turns them off.
+static inline bool stream_stores(int64_t footprint_bytes) {
+  if (const char* e = std::getenv("DEEPKERN_STREAM_STORES"))
+    if (*e) return std::atoi(e) != 0;
+  const int64_t l3 = cpu_info().l3;
+  return l3 > 0 && footprint_bytes >= l3;
+}
+
+// y[o] = g(o) for the vectors of the run [off, off + HW) with non-temporal stores: the floats
+// up to y's first vector-aligned address and the tail are masked normal stores, the aligned
+// middle is streamed. g(o, mask, full) computes the vector at o (masked lanes when !full).
+template <class G>
+static inline void run_stream(float* y, int64_t off, int64_t HW, const G& g) {
+  const int64_t end = off + HW;
+  int64_t o = off;
+  const int64_t head = std::min<int64_t>(HW, (-(reinterpret_cast<intptr_t>(y + o) >> 2)) & (L - 1));
+  if (head) {
+    const S::M m = S::mask(low_bits(head));
+    S::storem(y + o, m, g(o, m, false));
+    o += head;
+  }
+  for (; o + L <= end; o += L) S::stream(y + o, g(o, S::mask(0xFFFFFFFFu), true));
+  if (o < end) {
+    const S::M m = S::mask(low_bits(end - o));
+    S::storem(y + o, m, g(o, m, false));
+  }
+}
+
 // prefetch_ahead(p, n, end): the n floats at p + kPrefetchAhead, stopping at end.
 constexpr int64_t kPrefetchAhead = 4096;
 static inline void prefetch_ahead(const float* p, int64_t n, const float* end) {
@@ -80,10 +120,23 @@ void relu_forward_f32(float* y_, const float* x_, int64_t n) {
 
 // dx = y <= 0 ? 0 : dy (PyTorch's threshold_backward: an unordered compare, NaN in y passes dy).
 void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n) {
+  const bool nt = stream_stores(3 * n * static_cast<int64_t>(sizeof(float)));
   parallel_range(n, kMinPerThread, [&](int64_t b, int64_t e) {
     float* __restrict dx = dx_;
     const float* __restrict dy = dy_;
     const float* __restrict y = y_;
+    if (nt) {
+      run_stream(dx, b, e - b, [&](int64_t o, S::M m, bool full) {
+        if (full) {
+          prefetch_ahead(y + o, L, y + e);
+          prefetch_ahead(dy + o, L, dy + e);
+          return S::zero_le0(S::load(y + o), S::load(dy + o));
+        }
+        return S::zero_le0(S::loadm(y + o, m), S::loadm(dy + o, m));
+      });
+      _mm_sfence();
+      return;
+    }
     int64_t i = b;
     for (; i + 2 * L <= e; i += 2 * L) {
       prefetch_ahead(y + i, 2 * L, y + e);
@@ -976,6 +1029,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
   // same; reversing the runs within a sample too lost the prefetchers: 0.651 ms).
   const bool seq = bn_block(p, 1) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   const int64_t cb = seq ? C : bn_block(p, 1);
+  const bool nt = seq && stream_stores(2 * N * C * HW * static_cast<int64_t>(sizeof(float)));
   parallel_work(C, kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
     const float* __restrict x = x_;
     float* __restrict y = y_;
@@ -1002,6 +1056,12 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
       block_runs(p, b0, b1, nullptr, nullptr, seq ? nullptr : y, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mean = S::set1(cf[0]), scale = S::set1(cf[1]), shift = S::set1(cf[2]);
+        if (nt) {
+          run_stream(y, off, HW, [&](int64_t o, S::M m, bool full) {
+            return S::fma(S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mean), scale, shift);
+          });
+          return;
+        }
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
           if (full)
             S::store(y + o, S::fma(S::sub(S::load(x + o), mean), scale, shift));
@@ -1010,6 +1070,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
         });
       }, seq);
     }
+    if (nt) _mm_sfence();  // the streamed stores are weakly ordered: drain them before returning
   });
 }
 
@@ -1086,6 +1147,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
   // runs that alias in the L2, is better read in memory order over the thread's whole range
   const bool seq = bn_block(p, 2) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   const int64_t cb = seq ? C : bn_block(p, 2);
+  const bool nt = seq && stream_stores(3 * N * C * HW * static_cast<int64_t>(sizeof(float)));
   parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
     const float* __restrict x = x_;
     const float* __restrict dy = dy_;
@@ -1120,7 +1182,14 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
       block_runs(p, b0, b1, nullptr, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
-
+        if (nt) {
+          run_stream(dx, off, HW, [&](int64_t o, S::M m, bool full) {
+            const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
+            if (eval) return S::mul(k, gv);
+            return S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
+          });
+          return;
+        }
         run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
           const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
           V r;
@@ -1135,6 +1204,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         });
       }, seq);
     }
+    if (nt) _mm_sfence();
   });
 }
 

@@ -69,6 +69,8 @@ struct Simd {
   static V set1(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  // non-temporal store (p 64-byte aligned): past the caches, without reading the line first
+  static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
   static M mask(uint32_t bits) { return static_cast<M>(bits); }
   static V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static void storem(float* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
@@ -229,6 +231,8 @@ struct Simd {
   static V set1(float v) { return _mm256_set1_ps(v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  // non-temporal store (p 32-byte aligned): past the caches, without reading the line first
+  static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
   static M mask(uint32_t bits) {
     const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i b = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane);
