@@ -403,3 +403,27 @@ def test_thread_count_invariance_of_small_jobs():
     are split like large ones, and the results must not change with the thread count, nor with
     streaming stores forced on (split points at every alignment)."""
     run_with_every_job_split(SPLIT_EVERYTHING)
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+def test_dropout_forward_streaming_stores_match_normal_ones(isa_name, monkeypatch):
+    """Dropout forward with streaming stores for y (DEEPKERN_STREAM_STORES=1) gives the normal
+    stores' bits for outputs at every 16-byte offset from a vector boundary (the head before the
+    first aligned block) and for a 4-byte-aligned output (no streaming), on 1-3 threads."""
+    rng = np.random.default_rng(8)
+    for n in (100003, 4099, 13):
+        base = rng.standard_normal(n + 16).astype(np.float32)
+        for off in (0, 1, 4, 8, 12):
+            x = base[off:off + n]
+            out = {}
+            for stream in ("0", "1"):
+                monkeypatch.setenv("DEEPKERN_STREAM_STORES", stream)
+                for t in (1, 2, 3):
+                    with isa(isa_name), num_threads(t):
+                        yb = np.empty(n + 16, np.float32)
+                        y, mask = yb[off:off + n], np.empty(n, np.uint8)
+                        deepkern._C.dropout_forward(y, mask, x, 0.3, 11)
+                    out[stream, t] = (y.copy(), mask)
+            for k, (y, mask) in out.items():
+                assert_bitwise(y, out["0", 1][0], f"y {n} {off} {k}")
+                assert_bitwise(mask, out["0", 1][1], f"mask {n} {off} {k}")
