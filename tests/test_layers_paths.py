@@ -427,3 +427,28 @@ def test_dropout_forward_streaming_stores_match_normal_ones(isa_name, monkeypatc
             for k, (y, mask) in out.items():
                 assert_bitwise(y, out["0", 1][0], f"y {n} {off} {k}")
                 assert_bitwise(mask, out["0", 1][1], f"mask {n} {off} {k}")
+
+
+@pytest.mark.parametrize("isa_name", [i for i in ISAS if i != "scalar"])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool_3x3_divides_bit_for_bit_on_special_values(isa_name, count_include_pad):
+    """The 3x3/s1/p1 register stencil (box3_plane): the portable loops' bits for zeros of both
+    signs, subnormals, values near 2^-100 and 2^100, huge values, infinities and NaN, forward
+    and backward (a reciprocal-and-FMA division, exact on 2^-100 <= |a| <= 2^100, was tried
+    here and is slower than vdivps on Zen 5: bench/NOTES.md)."""
+    rng = np.random.default_rng(12)
+    special = np.array([0.0, -0.0, 1e-45, -1e-40, 2.0**-100, -(2.0**-100) * 0.999, 2.0**-99, 1e-30,
+                        2.0**100, 2.0**100 * 1.001, -1e38, 3.4e38, np.inf, -np.inf, np.nan, 1.0, -3.0],
+                       dtype=np.float32)
+    for W in (5, 16, 29):
+        x = (rng.standard_normal((2, 3, 7, W)) * 10.0 ** rng.integers(-40, 38, (2, 3, 7, W))).astype(np.float32)
+        picks = rng.random(x.shape) < 0.4
+        x[picks] = rng.choice(special, picks.sum())
+        kw = dict(kernel_size=3, stride=1, padding=1, count_include_pad=count_include_pad)
+        with np.errstate(all="ignore"):
+            with isa(isa_name):
+                y = F.avg_pool2d(x, **kw)
+                gx = F.avg_pool2d_backward(x, x.shape, **kw)
+            with isa("scalar"):
+                assert_bitwise(y, F.avg_pool2d(x, **kw), f"y W={W}")
+                assert_bitwise(gx, F.avg_pool2d_backward(x, x.shape, **kw), f"grad_x W={W}")
