@@ -212,3 +212,41 @@ def test_state_created_later_is_picked_up():
         opt.step()
     assert opt.state[ps[3]]["step"] == 2 and opt.state[ps[0]]["step"] == 5
     assert all(e[4] is not None for e in opt._plan.entries)
+
+
+@pytest.mark.parametrize("name,change", [
+    ("Adam", {"amsgrad": True}), ("AdamW", {"amsgrad": True}), ("SGD", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True}), ("RMSprop", {"momentum": 0.5}), ("Adam", {"betas": (0.5, 0.9)}),
+    ("Adagrad", {"lr_decay": 0.1}), ("Adadelta", {"rho": 0.5}),
+])
+def test_options_switched_mid_training_match_the_general_path(name, change):
+    """An option that changes which state buffers the kernel needs (amsgrad, momentum,
+    centered) or only the scalars: the planned steps keep the general path's bits."""
+    results = []
+    for planned in (True, False):
+        ps = _params(3)
+        opt = getattr(optim, name)(ps, lr=1e-2)
+        for step in range(6):
+            if step == 3:
+                opt.param_groups[0].update(change)
+            for p, g in zip(ps, _grads(step, ps)):
+                p.grad = g
+            opt.step() if planned else _general_step(opt)
+        results.append(_snapshot(opt, ps))
+    _same(*results)
+
+
+def test_a_per_step_lr_schedule_keeps_the_plan(monkeypatch):
+    """An lr changed before every step is re-checked and the plan kept (no rebuild)."""
+    ps, opt = _trained()
+    sched = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    builds = []
+    real_build = O._StepPlan.build.__func__
+    monkeypatch.setattr(O._StepPlan, "build", classmethod(lambda cls, o: builds.append(1) or real_build(cls, o)))
+    for step in range(5):
+        for p, g in zip(ps, _grads(step, ps)):
+            p.grad = g
+        opt.step()
+        sched.step()
+    assert not builds
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 5)

@@ -617,12 +617,30 @@ class _StepPlan:
         plan.groups, plan.entries, plan.kind = groups, entries, _kernel.KINDS[opt._kind]
         return plan
 
+    def _options_changed(self, opt, gi, group) -> bool:
+        """Group gi's options changed since the plan was built (an lr scheduler's step): check
+        them as the general path does (its errors, raised before anything is written), and
+        keep the plan if every planned parameter of the group still gets the same state
+        buffers from the kernel (amsgrad or momentum switched on would need new ones)."""
+        opt._check_options_if_changed(group)
+        for p, data, shape, st, bufs, buffers, g in self.entries:
+            if g != gi or bufs is None:
+                continue
+            new: dict = {}
+            now = opt._kernel_state(group, st if st is not None else {}, new, data)
+            if new or len(now) != len(bufs) or any(a is not b for a, b in zip(now, bufs)):
+                return False
+        self.groups[gi] = (group, _options_snapshot(group), self.groups[gi][2])
+        return True
+
     def run(self, opt) -> bool:
         groups = opt.param_groups
         if len(groups) != len(self.groups) or _backend.current() == "numpy":
             return False
-        for group, (ref, snap, params) in zip(groups, self.groups):
-            if group is not ref or group["params"] != params or _options_snapshot(group) != snap:
+        for gi, (group, (ref, snap, params)) in enumerate(zip(groups, self.groups)):
+            if group is not ref or group["params"] != params:
+                return False
+            if _options_snapshot(group) != snap and not self._options_changed(opt, gi, group):
                 return False
         state = opt.state
         ps, gs, ss, keys, sts = [], [], [], [], []
