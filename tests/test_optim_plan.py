@@ -250,3 +250,23 @@ def test_a_per_step_lr_schedule_keeps_the_plan(monkeypatch):
         sched.step()
     assert not builds
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 5)
+
+
+def test_a_layout_the_plan_never_takes_is_not_rebuilt_every_step(monkeypatch):
+    """Strided gradients every step (the C++ call refuses them, the general path copies): the
+    plan stops being rebuilt after three misses in a row, tries again every 64th step, and the
+    results are the general path's."""
+    builds = []
+    real_build = O._StepPlan.build.__func__
+    monkeypatch.setattr(O._StepPlan, "build", classmethod(lambda cls, o: builds.append(1) or real_build(cls, o)))
+    results = []
+    for planned in (True, False):
+        ps = _params(4)
+        opt = optim.Adam(ps, lr=1e-2)
+        for step in range(150):
+            for p, g in zip(ps, _grads(step % 7, ps)):
+                p.grad = np.repeat(g[..., None], 2, axis=-1)[..., 0]  # the same values, strided
+            opt.step() if planned else _general_step(opt)
+        results.append(_snapshot(opt, ps))
+    _same(*results)
+    assert 3 <= len(builds) <= 8

@@ -236,10 +236,21 @@ class Optimizer:
         loss = None
         if closure is not None:
             loss = closure()
-        plan = self.__dict__.get("_plan")
-        if plan is None or not plan.run(self):
-            self._apply(self._collect())
-            self._plan = _StepPlan.build(self)
+        d = self.__dict__
+        plan = d.get("_plan")
+        if plan is not None and plan.run(self):
+            d["_plan_misses"] = 0
+            return loss
+        self._apply(self._collect())
+        # the next step's plan: rebuilt after every general step, except after three misses in
+        # a row (a layout the plan never takes, e.g. strided gradients every step), when only
+        # every 64th step tries again
+        if plan is not None:
+            d["_plan_misses"] = misses = d.get("_plan_misses", 0) + 1
+            d["_plan_wait"] = 64 if misses >= 3 else 0
+        wait = d.get("_plan_wait", 0)
+        d["_plan_wait"] = max(0, wait - 1)
+        d["_plan"] = _StepPlan.build(self) if wait == 0 else None
         return loss
 
     def _collect(self) -> list[_Job]:
