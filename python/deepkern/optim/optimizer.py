@@ -598,6 +598,9 @@ class _StepPlan:
     def build(cls, opt):
         if _backend.current() == "numpy":
             return None
+        first = next((g["params"][0] for g in opt.param_groups if g["params"]), None)
+        if first is None or type(first.data) is not np.ndarray:  # CUDA optimizers (never mixed)
+            return None
         groups, entries, dtype = [], [], None
         state = opt.state
         for gi, group in enumerate(opt.param_groups):
