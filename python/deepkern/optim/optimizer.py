@@ -13,6 +13,11 @@ which per-tensor scalars the fused kernel needs this step. Everything else is he
          state and (with fused_step) EMA in a single pass over memory;
       4. commit the new state (step counts, created buffers).
 
+    A training loop repeats that with the same arrays every time, so after a step through it
+    the next steps go through a *step plan* (_StepPlan, below): the validated arrays, state
+    buffers and options are re-checked by identity, the gradients by type and shape, and the
+    C++ call checks the rest before it writes. Anything else goes through 1-4 again.
+
 Differences from torch.optim, on purpose:
   * a parameter whose ``requires_grad`` is False is skipped even when it has a gradient;
   * the same Parameter twice in one group is a ValueError (PyTorch only warns);
