@@ -587,14 +587,15 @@ class _StepPlan:
     their options (snapshot), their parameter lists and, per parameter, its data array, shape,
     state dict and state buffers. ``run`` re-checks all of that by identity, checks each
     gradient's type and shape, computes one row per (group, step count), and makes the one
-    kernel call. Anything it does not recognize (a new gradient layout, a replaced array or
-    buffer, a changed option, a parameter without state yet, the NumPy backend) makes it
-    return False before anything is written, and step() takes the general path, which
-    validates with its messages and rebuilds the plan. The C++ call checks dtypes,
-    contiguity, writeability, sizes and overlaps before it writes; if it refuses, the general
-    path runs instead and reports the problem in its own words. Same arithmetic, same
-    results: only the bookkeeping is skipped (Adam over the digits CNN's 8 tensors: 47 -> 15
-    us a step, bench/NOTES.md).
+    kernel call. A changed option (an lr scheduler's step) is checked as the general path
+    checks it, and the plan kept while the state buffers stay the same. Anything else it does
+    not recognize (a new gradient layout, a replaced array or buffer, an option that needs
+    other buffers, a parameter without state yet, the NumPy backend) makes it return False
+    before anything is written, and step() takes the general path, which validates with its
+    messages and rebuilds the plan. The C++ call checks dtypes, contiguity, writeability,
+    sizes and overlaps before it writes; if it refuses, the general path runs instead and
+    reports the problem in its own words. Same arithmetic, same results: only the bookkeeping
+    is skipped (Adam over the digits CNN's 8 tensors: 47 -> 13 us a step, bench/NOTES.md).
     """
 
     __slots__ = ("groups", "entries", "kind")
