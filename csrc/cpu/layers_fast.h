@@ -74,11 +74,16 @@ static inline bool stream_stores(int64_t footprint_bytes) {
 // y[o] = g(o) for the vectors of the run [off, off + HW) with non-temporal stores: the floats
 // up to y's first vector-aligned address and the tail are masked normal stores, the aligned
 // middle is streamed. g(o, mask, full) computes the vector at o (masked lanes when !full).
+// The floats from p (4-byte aligned) to the next vector-aligned address: 0 to L - 1.
+static inline int64_t floats_to_vector_boundary(const float* p) {
+  return (-(reinterpret_cast<intptr_t>(p) >> 2)) & (L - 1);
+}
+
 template <class G>
 static inline void run_stream(float* y, int64_t off, int64_t HW, const G& g) {
   const int64_t end = off + HW;
   int64_t o = off;
-  const int64_t head = std::min<int64_t>(HW, (-(reinterpret_cast<intptr_t>(y + o) >> 2)) & (L - 1));
+  const int64_t head = std::min<int64_t>(HW, floats_to_vector_boundary(y + o));
   if (head) {
     const S::M m = S::mask(low_bits(head));
     S::storem(y + o, m, g(o, m, false));
@@ -274,7 +279,7 @@ void dropout_forward_f32(float* y, uint8_t* mask, const float* x, int64_t n, uin
   const bool nt = stream_stores(9 * n) && reinterpret_cast<uintptr_t>(y) % 16 == 0;
   split_by_counters(n, [&](int64_t b, int64_t e) {
     if (!nt) return dropout_range(y, mask, x, b, e, thresh, seed, scale);
-    const int64_t head = std::min<int64_t>(e - b, (-(reinterpret_cast<intptr_t>(y + b) >> 2)) & (L - 1));
+    const int64_t head = std::min<int64_t>(e - b, floats_to_vector_boundary(y + b));
     dropout_range(y, mask, x, b, b + head, thresh, seed, scale);
     dropout_range<true>(y, mask, x, b + head, e, thresh, seed, scale);
     _mm_sfence();
@@ -999,12 +1004,17 @@ static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, 
 // Per-element cost on one core of the two passes (in cache), for the threading threshold.
 constexpr double kBnNsPerElement = 0.1;
 
-// f(off, mask, full) over the vectors of a run of HW floats starting at off
-template <class F>
-static inline void run_vectors(int64_t off, int64_t HW, const F& f) {
-  int64_t i = 0;
-  for (; i + L <= HW; i += L) f(off + i, S::mask(0xFFFFFFFFu), true);
-  if (i < HW) f(off + i, S::mask(low_bits(HW - i)), false);
+// y[o] = g(o, mask, full) over the vectors of the run [off, off + HW): streamed (run_stream) or
+// with normal stores (the ragged end masked)
+template <class G>
+static inline void run_store(float* y, int64_t off, int64_t HW, bool stream, const G& g) {
+  if (stream) return run_stream(y, off, HW, g);
+  int64_t o = off;
+  for (; o + L <= off + HW; o += L) S::store(y + o, g(o, S::mask(0xFFFFFFFFu), true));
+  if (o < off + HW) {
+    const S::M m = S::mask(low_bits(off + HW - o));
+    S::storem(y + o, m, g(o, m, false));
+  }
 }
 
 void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, const float* K,
@@ -1075,17 +1085,8 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
       block_runs(p, b0, b1, nullptr, nullptr, seq ? nullptr : y, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mean = S::set1(cf[0]), scale = S::set1(cf[1]), shift = S::set1(cf[2]);
-        if (nt) {
-          run_stream(y, off, HW, [&](int64_t o, S::M m, bool full) {
-            return S::fma(S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mean), scale, shift);
-          });
-          return;
-        }
-        run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
-          if (full)
-            S::store(y + o, S::fma(S::sub(S::load(x + o), mean), scale, shift));
-          else
-            S::storem(y + o, m, S::fma(S::sub(S::loadm(x + o, m), mean), scale, shift));
+        run_store(y, off, HW, nt, [&](int64_t o, S::M m, bool full) {
+          return S::fma(S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mean), scale, shift);
         });
       }, seq);
     }
@@ -1201,25 +1202,10 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
       block_runs(p, b0, b1, nullptr, nullptr, nullptr, [&](int64_t c, int64_t off) {
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
-        if (nt) {
-          run_stream(dx, off, HW, [&](int64_t o, S::M m, bool full) {
-            const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
-            if (eval) return S::mul(k, gv);
-            return S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
-          });
-          return;
-        }
-        run_vectors(off, HW, [&](int64_t o, S::M m, bool full) {
+        run_store(dx, off, HW, nt, [&](int64_t o, S::M m, bool full) {
           const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
-          V r;
-          if (eval)
-            r = S::mul(k, gv);
-          else
-            r = S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
-          if (full)
-            S::store(dx + o, r);
-          else
-            S::storem(dx + o, m, r);
+          if (eval) return S::mul(k, gv);
+          return S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
         });
       }, seq);
     }
