@@ -625,12 +625,9 @@ class _StepPlan:
                     return None
                 st = state.get(p)  # None: no state (stepped yet, or stateless as plain SGD)
                 bufs = buffers = None
-                new: dict = {}
-                if st is None or _state_fits(st, data):
-                    bufs = opt._kernel_state(group, st or {}, new, data)
-                if new or (st is None and opt._has_step):  # misfit, incomplete or no state yet:
-                    bufs = None                                # the general path's job
-                elif st is not None:
+                if st is None or _state_fits(st, data):  # else misfit state: the general path's job
+                    bufs = _kernel_buffers(opt, group, st, data)
+                if bufs is not None and st is not None:
                     buffers = tuple((k, st[k]) for k in opt._state_names if k in st)
                 entries.append((p, data, data.shape, st, bufs, buffers or (), gi))
         plan = cls()
@@ -646,9 +643,8 @@ class _StepPlan:
         for p, data, shape, st, bufs, buffers, g in self.entries:
             if g != gi or bufs is None:
                 continue
-            new: dict = {}
-            now = opt._kernel_state(group, st if st is not None else {}, new, data)
-            if new or len(now) != len(bufs) or any(a is not b for a, b in zip(now, bufs)):
+            now = _kernel_buffers(opt, group, st, data)
+            if now is None or len(now) != len(bufs) or any(a is not b for a, b in zip(now, bufs)):
                 return False
         self.groups[gi] = (group, _options_snapshot(group), self.groups[gi][2])
         return True
@@ -703,6 +699,17 @@ class _StepPlan:
             for st, t in zip(sts, steps):
                 st["step"] = t
         return True
+
+
+def _kernel_buffers(opt, group, st, data):
+    """The kernel's three state slots for a parameter with state ``st`` (None: none yet), or
+    None when the step would first have to create state (missing buffers, or a first step
+    count): the general path's job."""
+    if st is None and opt._has_step:
+        return None
+    new: dict = {}
+    bufs = opt._kernel_state(group, st if st is not None else {}, new, data)
+    return None if new else bufs
 
 
 def _check_job(job):
