@@ -240,7 +240,7 @@ def test_avg_pool_3x3_pad_1_register_planes(isa_name, W):
 
 @pytest.mark.parametrize("isa_name", ISAS)
 @pytest.mark.parametrize("shape", [(2, 1, 1, 1), (2, 3, 1, 1), (5, 7, 3, 5), (4, 17, 8, 9), (3, 5, 32, 32),
-                                   (9, 33), (2, 4)])
+                                   (9, 33), (2, 4), (70, 6, 4, 4), (67, 3, 5, 7), (130, 40, 2, 2)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm(isa_name, shape, training):
     rng = np.random.default_rng(len(shape) * 100 + shape[0])
@@ -374,7 +374,10 @@ from deepkern import _C
 rng = np.random.default_rng(5)
 for isa in %(isas)r:
     _C.set_isa(isa)
-    for shape in ((64, 16, 8, 8), (64, 32, 4, 4), (9, 5, 7, 6), (33, 20), (6, 10, 13, 17)):
+    # (130, 40, 5, 5), (3, 300, 1, 3): small planes in channel blocks that start wherever a
+    # thread's range does, folds into double every 64 samples, spans ending mid-vector
+    for shape in ((64, 16, 8, 8), (64, 32, 4, 4), (9, 5, 7, 6), (33, 20), (6, 10, 13, 17), (130, 40, 5, 5),
+                  (3, 300, 1, 3)):
         x = rng.standard_normal(shape).astype(np.float32)
         dy = rng.standard_normal(shape).astype(np.float32)
         C = shape[1]

@@ -915,18 +915,23 @@ template <class FU, class FW>
 static inline void run_sums(LaneSums& s, int64_t HW, const FU& U, const FW& W) {
   const int64_t nfull = HW / L;
   if (HW <= 4 * L) {  // short runs (small planes): straight into the channel's sums
+    // in registers for the run (s lives in memory: updating s.a per vector put a store and a
+    // reload, ~7 cycles, on every add's chain; bench/NOTES.md)
+    V a = s.a, b = s.b;
     int64_t i = 0;
     for (; i < nfull; ++i) {
       const V x = U(i, true);
-      s.a = S::add(s.a, x);
-      s.b = S::fma(x, W(i, true), s.b);
+      a = S::add(a, x);
+      b = S::fma(x, W(i, true), b);
     }
     if (i * L < HW) {
       const V x = U(i, false);
-      s.a = S::add(s.a, x);
-      s.b = S::fma(x, W(i, false), s.b);
+      a = S::add(a, x);
+      b = S::fma(x, W(i, false), b);
       ++i;
     }
+    s.a = a;
+    s.b = b;
     if ((s.n += static_cast<int>(i)) >= kFoldEvery) s.fold();
     return;
   }
@@ -1017,6 +1022,136 @@ static inline void run_store(float* y, int64_t off, int64_t HW, bool stream, con
   }
 }
 
+// Small planes (HW < 256 floats: the default CNN's 8x8 and 4x4 maps). A run is then 1-15
+// vectors, and the per-run work of the schedule above (a channel's accumulators loaded and
+// stored, its coefficients broadcast, the loop and tail bookkeeping) cost more than the data:
+// 12.5 us for a 128 x 32 x 4 x 4 forward, ~13 cycles a vector. Here a block of channels is,
+// in every sample, one contiguous span of (b1 - b0) * HW floats, and each float of the span
+// has its own accumulator slot: slot s = (c - b0) * HW + i holds channel c's element i summed
+// over the samples. Both passes then walk each span vector by vector with no per-channel
+// work (the slots, and the per-slot shift and coefficients, live in L1). A channel's total
+// adds its HW slots in element order, and every slot sums the same values in the same order
+// whichever block (thread count) it falls in: the same bits on any thread count.
+constexpr int64_t kSpanFloats = 1024;  // the most floats in a block's span (L1: 7 arrays of it)
+
+static bool bn_small_planes(const BatchNormParams& p) {
+  return p.HW > 1 && p.HW * static_cast<int64_t>(sizeof(float)) < 1024;
+}
+
+static int64_t bn_span_block(const BatchNormParams& p, int arrays) {
+  return std::max<int64_t>(1, std::min(bn_block(p, arrays), kSpanFloats / p.HW));
+}
+
+// The slots of one thread's blocks of cb channels, and four per-slot arrays q (shifts, coefficients)
+struct SlotSums {
+  int64_t cb, nv;      // channels per block; vectors in the longest span
+  Vec<float> a, b;     // float partials over at most kFoldEvery samples
+  Vec<double> da, db;  // the partials folded into double
+  Vec<float> q[4];
+  SlotSums(const BatchNormParams& p, int arrays, int64_t c0, int64_t c1)
+      : cb(bn_span_block(p, arrays)), nv((std::min(cb, c1 - c0) * p.HW + L - 1) / L), a(nv * L), b(nv * L),
+        da(nv * L), db(nv * L), q{Vec<float>(nv * L), Vec<float>(nv * L), Vec<float>(nv * L), Vec<float>(nv * L)} {}
+  void reset(int64_t nvec) {
+    std::fill_n(a.data(), nvec * L, 0.0f);
+    std::fill_n(b.data(), nvec * L, 0.0f);
+    std::fill_n(da.data(), nvec * L, 0.0);
+    std::fill_n(db.data(), nvec * L, 0.0);
+  }
+  void fold(int64_t nvec) {
+    for (int64_t j = 0; j < nvec; ++j) {
+      S::add_to_double(da.data() + j * L, S::load(a.data() + j * L));
+      S::add_to_double(db.data() + j * L, S::load(b.data() + j * L));
+      S::store(a.data() + j * L, S::zero());
+      S::store(b.data() + j * L, S::zero());
+    }
+  }
+  // a += u, b += u * w over the samples, with (u, w) = uw(n, j, full) for the span's vector j
+  // of sample n (full: not the masked last one). Samples in order, 4 at a time per visit of
+  // a slot vector (one load and store of the accumulators per 4 samples, not per sample).
+  template <class UW>
+  void run(int64_t N, int64_t span, const UW& uw) {
+    const int64_t nv = (span + L - 1) / L, nfull = span / L;
+    reset(nv);
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {  // 4 divides kFoldEvery: no group crosses a fold
+      const int64_t n1 = std::min(N, n0 + 4);
+      for (int64_t j = 0; j < nv; ++j) {
+        V sa = S::load(a.data() + j * L), sb = S::load(b.data() + j * L);
+        for (int64_t n = n0; n < n1; ++n) {
+          V u, w;
+          uw(n, j, j < nfull, u, w);
+          sa = S::add(sa, u);
+          sb = S::fma(u, w, sb);
+        }
+        S::store(a.data() + j * L, sa);
+        S::store(b.data() + j * L, sb);
+      }
+      if (n1 % kFoldEvery == 0) fold(nv);
+    }
+    fold(nv);
+  }
+  // each channel of the block [b0, b1): its totals (its HW slots added in element order) to
+  // step, and step's three coefficients into the channel's slots of q0, q1, q2
+  void step(int64_t b0, int64_t b1, int64_t HW, BnChannelStep st, float* q0, float* q1, float* q2) const {
+    for (int64_t c = b0; c < b1; ++c) {
+      const int64_t s0 = (c - b0) * HW;
+      double t1 = 0, t2 = 0;
+      for (int64_t i = 0; i < HW; ++i) {
+        t1 += da[s0 + i];
+        t2 += db[s0 + i];
+      }
+      float out[3];
+      st.fn(st.ctx, c, t1, t2, out);
+      std::fill_n(q0 + s0, HW, out[0]);
+      std::fill_n(q1 + s0, HW, out[1]);
+      std::fill_n(q2 + s0, HW, out[2]);
+    }
+  }
+};
+
+// out(j, m, full) stored at w + j*L for the span's vectors (the last one masked)
+template <class G>
+static inline void span_store(float* w, int64_t span, const G& g) {
+  int64_t j = 0;
+  for (; (j + 1) * L <= span; ++j) S::store(w + j * L, g(j, S::mask(0xFFFFFFFFu), true));
+  if (j * L < span) {
+    const S::M m = S::mask(low_bits(span - j * L));
+    S::storem(w + j * L, m, g(j, m, false));
+  }
+}
+
+// dst's slots of the block [b0, b1): channel c's value v(c) in its HW slots, 0 past the span
+template <class F>
+static inline void spread(float* d, int64_t b0, int64_t b1, int64_t HW, const F& v) {
+  for (int64_t c = b0; c < b1; ++c) std::fill_n(d + (c - b0) * HW, HW, v(c));
+  const int64_t span = (b1 - b0) * HW;
+  std::fill(d + span, d + (span + L - 1) / L * L, 0.0f);
+}
+
+static void batch_norm_train_small(float* __restrict y, const float* __restrict x, const BatchNormParams& p,
+                                   const float* K, BnChannelStep step, int64_t c0, int64_t c1) {
+  const int64_t C = p.C, N = p.N, HW = p.HW;
+  SlotSums s(p, 1, c0, c1);
+  float *k = s.q[0].data(), *mean = s.q[1].data(), *scale = s.q[2].data(), *shift = s.q[3].data();
+  for (int64_t b0 = c0; b0 < c1; b0 += s.cb) {
+    const int64_t b1 = std::min(c1, b0 + s.cb), span = (b1 - b0) * HW;
+    spread(k, b0, b1, HW, [&](int64_t c) { return K[c]; });
+    const S::M tail = S::mask(low_bits(span % L));
+    s.run(N, span, [&](int64_t n, int64_t j, bool full, V& u, V& w) {
+      const float* r = x + (n * C + b0) * HW + j * L;
+      u = w = S::sub(full ? S::load(r) : S::loadm(r, tail), S::load(k + j * L));  // past the span: 0 - 0
+    });
+    s.step(b0, b1, HW, step, mean, scale, shift);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* r = x + (n * C + b0) * HW;
+      span_store(y + (n * C + b0) * HW, span, [&](int64_t j, S::M m, bool full) {
+        const V v = full ? S::load(r + j * L) : S::loadm(r + j * L, m);
+        return S::fma(S::sub(v, S::load(mean + j * L)), S::load(scale + j * L),
+                      S::load(shift + j * L));
+      });
+    }
+  }
+}
+
 void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, const float* K,
                           BnChannelStep step) {
   const int64_t C = p.C, N = p.N, HW = p.HW;
@@ -1056,6 +1191,11 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
   // second pass takes the samples last to first: what the first pass read last is the likeliest
   // to be still in L3 (2 threads: 0.512 -> 0.472 ms, backward 1.110 -> 1.065; one thread the
   // same; reversing the runs within a sample too lost the prefetchers: 0.651 ms).
+  if (bn_small_planes(p)) {
+    parallel_work(C, kBnNsPerElement * static_cast<double>(N * HW),
+                  [&](int64_t c0, int64_t c1) { batch_norm_train_small(y_, x_, p, K, step, c0, c1); });
+    return;
+  }
   const bool seq = bn_block(p, 1) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   const int64_t cb = seq ? C : bn_block(p, 1);
   const bool nt = seq && stream_stores(2 * N * C * HW * static_cast<int64_t>(sizeof(float)));
@@ -1128,6 +1268,36 @@ void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p,
   });
 }
 
+// The backward on small planes (see batch_norm_train_small): slots of sum(dy), sum(dy * (x - mean))
+static void batch_norm_backward_small(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
+                                      const BatchNormParams& p, const float* mean_, bool eval, BnChannelStep step,
+                                      int64_t c0, int64_t c1) {
+  const int64_t C = p.C, N = p.N, HW = p.HW;
+  SlotSums s(p, 2, c0, c1);
+  float *mean = s.q[0].data(), *k = s.q[1].data(), *kx = s.q[2].data(), *k0 = s.q[3].data();
+  for (int64_t b0 = c0; b0 < c1; b0 += s.cb) {
+    const int64_t b1 = std::min(c1, b0 + s.cb), span = (b1 - b0) * HW;
+    spread(mean, b0, b1, HW, [&](int64_t c) { return mean_[c]; });
+    const S::M tail = S::mask(low_bits(span % L));
+    s.run(N, span, [&](int64_t n, int64_t j, bool full, V& u, V& w) {  // past the span: g = 0
+      const int64_t o = (n * C + b0) * HW + j * L;
+      u = full ? S::load(dy + o) : S::loadm(dy + o, tail);
+      w = S::sub(full ? S::load(x + o) : S::loadm(x + o, tail), S::load(mean + j * L));
+    });
+    s.step(b0, b1, HW, step, k, kx, k0);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* gr = dy + (n * C + b0) * HW;
+      const float* xr = x + (n * C + b0) * HW;
+      span_store(dx + (n * C + b0) * HW, span, [&](int64_t j, S::M m, bool full) {
+        const V g = full ? S::load(gr + j * L) : S::loadm(gr + j * L, m);
+        if (eval) return S::mul(S::load(k + j * L), g);
+        const V xm = S::sub(full ? S::load(xr + j * L) : S::loadm(xr + j * L, m), S::load(mean + j * L));
+        return S::fma(S::load(k + j * L), g, S::fma(S::load(kx + j * L), xm, S::load(k0 + j * L)));
+      });
+    }
+  }
+}
+
 // The backward pass: sums, step (coef = k, kx, k0), dx. eval: dx = k * dy (x only in the sums).
 void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, const BatchNormParams& p,
                              const float* mean, bool eval, BnChannelStep step) {
@@ -1165,6 +1335,12 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
   }
   // the training forward's choice (see there): a channel too big for the L2 budget, in long
   // runs that alias in the L2, is better read in memory order over the thread's whole range
+  if (bn_small_planes(p)) {
+    parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
+      batch_norm_backward_small(dx_, dy_, x_, p, mean, eval, step, c0, c1);
+    });
+    return;
+  }
   const bool seq = bn_block(p, 2) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   const int64_t cb = seq ? C : bn_block(p, 2);
   const bool nt = seq && stream_stores(3 * N * C * HW * static_cast<int64_t>(sizeof(float)));
