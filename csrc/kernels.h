@@ -44,11 +44,12 @@ template <class T>
 void batch_norm_forward_eval(T* y, T* save_mean, T* save_invstd, const T* x, const T* w,
                              const T* b, const T* running_mean, const T* running_var,
                              const BatchNormParams& p);
-// dw, db may be null (no affine weight)
+// dw, db may be null (no affine weight). relu_y (the fused batch_norm_relu's output, or
+// null): the gradient is relu_backward(dy, relu_y) instead of dy, applied as it is read.
 template <class T>
 void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w,
                          const T* save_mean, const T* save_invstd, bool training,
-                         const BatchNormParams& p);
+                         const BatchNormParams& p, const T* relu_y = nullptr);
 
 // ---- dropout.cpp         any shape, n elements; mask uint8 0/1
 template <class T> void dropout_forward(T* y, uint8_t* mask, const T* x, int64_t n, double p, uint64_t seed);

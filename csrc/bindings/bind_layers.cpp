@@ -186,8 +186,9 @@ void bind_layers(py::module_& m) {
       [](py::array y, py::array save_mean, py::array save_invstd, py::array x,
          std::optional<py::array> w, std::optional<py::array> b,
          std::optional<py::array> running_mean, std::optional<py::array> running_var,
-         bool training, double momentum, double eps) {
-        const BatchNormParams p = bn_params(x, momentum, eps);
+         bool training, double momentum, double eps, bool relu) {
+        BatchNormParams p = bn_params(x, momentum, eps);
+        p.relu = relu;
         DK_CHECK(y.ndim() == x.ndim() && y.size() == x.size(), "batch_norm: y has the wrong shape");
         DK_CHECK(running_mean.has_value() == running_var.has_value(),
                  "batch_norm: running_mean and running_var go together");
@@ -221,13 +222,14 @@ void bind_layers(py::module_& m) {
       py::arg("save_invstd").noconvert(), py::arg("x").noconvert(), py::arg("weight").noconvert(),
       py::arg("bias").noconvert(), py::arg("running_mean").noconvert(),
       py::arg("running_var").noconvert(), py::arg("training"), py::arg("momentum"),
-      py::arg("eps"));
+      py::arg("eps"), py::arg("relu") = false,
+      "y, save_mean, save_invstd <- batch_norm (relu: y = relu(batch_norm), batch_norm_relu)");
 
   m.def(
       "batch_norm_backward",
       [](py::array dx, std::optional<py::array> dw, std::optional<py::array> db, py::array dy,
          py::array x, std::optional<py::array> w, py::array save_mean, py::array save_invstd,
-         bool training) {
+         bool training, std::optional<py::array> relu_y) {
         const BatchNormParams p = bn_params(x, 0.0, 1.0);
         DK_CHECK(dy.ndim() == x.ndim() && dy.size() == x.size() && dx.size() == x.size(),
                  "batch_norm_backward: grad_out, grad_x and x must have the same shape");
@@ -245,14 +247,22 @@ void bind_layers(py::module_& m) {
           check_size(save_invstd, "save_invstd", p.C);
           const T* smp = in_ptr<T>(save_mean, "save_mean");
           const T* sip = in_ptr<T>(save_invstd, "save_invstd");
+          const T* ryp = nullptr;
+          if (relu_y) {
+            DK_CHECK(relu_y->ndim() == x.ndim(), "batch_norm_backward: y has the wrong shape");
+            for (py::ssize_t i = 0; i < x.ndim(); ++i)
+              DK_CHECK(relu_y->shape(i) == x.shape(i), "batch_norm_backward: y has the wrong shape");
+            ryp = in_ptr<T>(*relu_y, "y");
+          }
           py::gil_scoped_release nogil;
-          cpu::batch_norm_backward<T>(dxp, dwp, dbp, dyp, xp, wp, smp, sip, training, p);
+          cpu::batch_norm_backward<T>(dxp, dwp, dbp, dyp, xp, wp, smp, sip, training, p, ryp);
         });
       },
       py::arg("grad_x").noconvert(), py::arg("grad_weight").noconvert(),
       py::arg("grad_bias").noconvert(), py::arg("grad_out").noconvert(), py::arg("x").noconvert(),
       py::arg("weight").noconvert(), py::arg("save_mean").noconvert(),
-      py::arg("save_invstd").noconvert(), py::arg("training"));
+      py::arg("save_invstd").noconvert(), py::arg("training"), py::arg("relu_y").noconvert() = py::none(),
+      "grad_x, grad_weight, grad_bias <- batch_norm backward (relu_y: of batch_norm_relu, whose output it is)");
 
   m.def(
       "dropout_forward",

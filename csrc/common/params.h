@@ -32,6 +32,7 @@ struct Pool2dParams {
 struct BatchNormParams {
   int64_t N, C, HW;  // x viewed as (N, C, HW); HW = 1 for 2-D input
   double momentum, eps;
+  bool relu = false;  // forward: y = relu(batch_norm(x)) in the same pass (batch_norm_relu)
 };
 
 // Output size of a convolution or pooling window along one axis (PyTorch's formula).

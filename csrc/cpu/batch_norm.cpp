@@ -13,6 +13,9 @@
 //         db = sum(dy);  dw = sum(dy * xhat)
 //         dx = w * invstd * (dy - db/M - xhat * dw/M)
 // backward (eval): dx = w * invstd * dy (the statistics are constants).
+// batch_norm_relu (p.relu; relu_y in the backward): y = relu(the y above), and the backward of
+// dy is the backward above of relu_backward(dy, y), each applied as the pass reads or writes
+// the element: bit for bit the two ops one after the other, without their passes in between.
 //
 // Numerics: the statistics are sums in double of values shifted by the channel's first
 // element (x - K), so a large mean does not cancel the variance away (RELIABILITY.md:
@@ -95,8 +98,9 @@ void channel_sums(const T* x, int64_t c, const BatchNormParams& p, double K, dou
   s2 = b;
 }
 
-// y = (x - mean) * scale + shift for one channel. Subtracting the mean first (rather than
-// folding it into shift) keeps full precision when |mean| >> std.
+// y = (x - mean) * scale + shift for one channel (then relu(y) when p.relu, as relu_forward
+// computes it). Subtracting the mean first (rather than folding it into shift) keeps full
+// precision when |mean| >> std.
 template <class T>
 void channel_affine(T* y, const T* x, int64_t c, const BatchNormParams& p, T mean, T scale,
                     T shift) {
@@ -106,6 +110,10 @@ void channel_affine(T* y, const T* x, int64_t c, const BatchNormParams& p, T mea
     T* yc = y + off;
 #pragma omp simd
     for (int64_t i = 0; i < p.HW; ++i) yc[i] = (xc[i] - mean) * scale + shift;
+    if (p.relu) {
+#pragma omp simd
+      for (int64_t i = 0; i < p.HW; ++i) yc[i] = yc[i] < T(0) ? T(0) : yc[i];
+    }
   }
 }
 
@@ -192,7 +200,7 @@ void batch_norm_forward_eval(T* y, T* save_mean, T* save_invstd, const T* x, con
 template <class T>
 void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w,
                          const T* save_mean, const T* save_invstd, bool training,
-                         const BatchNormParams& p) {
+                         const BatchNormParams& p, const T* relu_y) {
   const int64_t M = p.N * p.HW, C = p.C;
   auto finish = [&](int64_t c, double sdy, double sdyx) {  // dw, db and the dx coefficients
     const double invstd = save_invstd[c];
@@ -210,9 +218,17 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
                                  coef[2] = static_cast<float>(g.k0);
                                },
                                &finish};
-      DK_TRY_FAST(batch_norm_backward_f32, dx, dy, x, p, save_mean, !training, step);
+      DK_TRY_FAST(batch_norm_backward_f32, dx, dy, x, p, save_mean, !training, step, relu_y);
       return;
     }
+  }
+  // portable schedule, fused with a ReLU: its gradient first, into a scratch array, so that the
+  // loops below (and their vectorized sums) are exactly those of the unfused op
+  std::vector<T> relu_grad;
+  if (relu_y) {
+    relu_grad.resize(static_cast<size_t>(p.N * C * p.HW));
+    relu_backward(relu_grad.data(), dy, relu_y, p.N * C * p.HW);
+    dy = relu_grad.data();
   }
   parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -257,7 +273,7 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
   template void batch_norm_forward_eval<T>(T*, T*, T*, const T*, const T*, const T*,       \
                                            const T*, const T*, const BatchNormParams&);    \
   template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, \
-                                       const T*, bool, const BatchNormParams&);
+                                       const T*, bool, const BatchNormParams&, const T*);
 DK_INSTANTIATE(float)
 DK_INSTANTIATE(double)
 #undef DK_INSTANTIATE

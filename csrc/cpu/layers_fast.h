@@ -1009,6 +1009,16 @@ static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, 
 // Per-element cost on one core of the two passes (in cache), for the threading threshold.
 constexpr double kBnNsPerElement = 0.1;
 
+// The fused ReLU (batch_norm_relu): the forward's output v as relu_forward_f32 writes it when
+// relu (p.relu, read into a local first: the vector stores may alias p), and the backward's gradient g at o as relu_backward_f32 gives it when relu_y is the
+// fused forward's output (masked lanes: relu_y reads 0, so g stays 0). The same operations as
+// the two unfused kernels, so the same bits, without their passes over memory.
+static inline V bn_out(bool relu, V v) { return relu ? S::max(S::zero(), v) : v; }
+static inline V bn_grad(const float* relu_y, int64_t o, V g, S::M m, bool full) {
+  if (!relu_y) return g;
+  return S::zero_le0(full ? S::load(relu_y + o) : S::loadm(relu_y + o, m), g);
+}
+
 // y[o] = g(o, mask, full) over the vectors of the run [off, off + HW): streamed (run_stream) or
 // with normal stores (the ragged end masked)
 template <class G>
@@ -1130,6 +1140,7 @@ static inline void spread(float* d, int64_t b0, int64_t b1, int64_t HW, const F&
 static void batch_norm_train_small(float* __restrict y, const float* __restrict x, const BatchNormParams& p,
                                    const float* K, BnChannelStep step, int64_t c0, int64_t c1) {
   const int64_t C = p.C, N = p.N, HW = p.HW;
+  const bool relu = p.relu;
   SlotSums s(p, 1, c0, c1);
   float *k = s.q[0].data(), *mean = s.q[1].data(), *scale = s.q[2].data(), *shift = s.q[3].data();
   for (int64_t b0 = c0; b0 < c1; b0 += s.cb) {
@@ -1145,8 +1156,8 @@ static void batch_norm_train_small(float* __restrict y, const float* __restrict 
       const float* r = x + (n * C + b0) * HW;
       span_store(y + (n * C + b0) * HW, span, [&](int64_t j, S::M m, bool full) {
         const V v = full ? S::load(r + j * L) : S::loadm(r + j * L, m);
-        return S::fma(S::sub(v, S::load(mean + j * L)), S::load(scale + j * L),
-                      S::load(shift + j * L));
+        return bn_out(relu, S::fma(S::sub(v, S::load(mean + j * L)), S::load(scale + j * L),
+                                S::load(shift + j * L)));
       });
     }
   }
@@ -1155,6 +1166,7 @@ static void batch_norm_train_small(float* __restrict y, const float* __restrict 
 void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, const float* K,
                           BnChannelStep step) {
   const int64_t C = p.C, N = p.N, HW = p.HW;
+  const bool relu = p.relu;
   if (HW == 1) {  // (N, C): vectors of channels
     parallel_work((C + L - 1) / L, kBnNsPerElement * static_cast<double>(N * L), [&](int64_t v0, int64_t v1) {
       const float* __restrict x = x_;
@@ -1177,7 +1189,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
         }
         const V mean = S::loadm(coef[0], m), scale = S::loadm(coef[1], m), shift = S::loadm(coef[2], m);
         for (int64_t n = 0; n < N; ++n)
-          S::storem(y + n * C + c0, m, S::fma(S::sub(S::loadm(x + n * C + c0, m), mean), scale, shift));
+          S::storem(y + n * C + c0, m, bn_out(relu, S::fma(S::sub(S::loadm(x + n * C + c0, m), mean), scale, shift)));
       }
     });
     return;
@@ -1226,7 +1238,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
         const float* cf = coef.data() + 3 * (c - b0);
         const V mean = S::set1(cf[0]), scale = S::set1(cf[1]), shift = S::set1(cf[2]);
         run_store(y, off, HW, nt, [&](int64_t o, S::M m, bool full) {
-          return S::fma(S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mean), scale, shift);
+          return bn_out(relu, S::fma(S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mean), scale, shift));
         });
       }, seq);
     }
@@ -1238,6 +1250,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
 void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p, const float* mean,
                            const float* scale, const float* shift) {
   const int64_t C = p.C, N = p.N;
+  const bool relu = p.relu;
   if (p.HW == 1) {
     parallel_work(N, 0.05 * static_cast<double>(C), [&](int64_t n0, int64_t n1) {
       const float* __restrict x = x_;
@@ -1246,7 +1259,7 @@ void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p,
         for (int64_t c0 = 0; c0 < C; c0 += L) {
           const S::M m = S::mask(low_bits(C - c0));
           const V d = S::sub(S::loadm(x + n * C + c0, m), S::loadm(mean + c0, m));
-          S::storem(y + n * C + c0, m, S::fma(d, S::loadm(scale + c0, m), S::loadm(shift + c0, m)));
+          S::storem(y + n * C + c0, m, bn_out(relu, S::fma(d, S::loadm(scale + c0, m), S::loadm(shift + c0, m))));
         }
     });
     return;
@@ -1259,10 +1272,10 @@ void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p,
         const V m = S::set1(mean[c]), sc = S::set1(scale[c]), sh = S::set1(shift[c]);
         const int64_t off = (n * C + c) * p.HW;
         int64_t i = 0;
-        for (; i + L <= p.HW; i += L) S::store(y + off + i, S::fma(S::sub(S::load(x + off + i), m), sc, sh));
+        for (; i + L <= p.HW; i += L) S::store(y + off + i, bn_out(relu, S::fma(S::sub(S::load(x + off + i), m), sc, sh)));
         if (i < p.HW) {
           const S::M t = S::mask(low_bits(p.HW - i));
-          S::storem(y + off + i, t, S::fma(S::sub(S::loadm(x + off + i, t), m), sc, sh));
+          S::storem(y + off + i, t, bn_out(relu, S::fma(S::sub(S::loadm(x + off + i, t), m), sc, sh)));
         }
       }
   });
@@ -1271,7 +1284,7 @@ void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p,
 // The backward on small planes (see batch_norm_train_small): slots of sum(dy), sum(dy * (x - mean))
 static void batch_norm_backward_small(float* __restrict dx, const float* __restrict dy, const float* __restrict x,
                                       const BatchNormParams& p, const float* mean_, bool eval, BnChannelStep step,
-                                      int64_t c0, int64_t c1) {
+                                      const float* relu_y, int64_t c0, int64_t c1) {
   const int64_t C = p.C, N = p.N, HW = p.HW;
   SlotSums s(p, 2, c0, c1);
   float *mean = s.q[0].data(), *k = s.q[1].data(), *kx = s.q[2].data(), *k0 = s.q[3].data();
@@ -1281,7 +1294,7 @@ static void batch_norm_backward_small(float* __restrict dx, const float* __restr
     const S::M tail = S::mask(low_bits(span % L));
     s.run(N, span, [&](int64_t n, int64_t j, bool full, V& u, V& w) {  // past the span: g = 0
       const int64_t o = (n * C + b0) * HW + j * L;
-      u = full ? S::load(dy + o) : S::loadm(dy + o, tail);
+      u = bn_grad(relu_y, o, full ? S::load(dy + o) : S::loadm(dy + o, tail), tail, full);
       w = S::sub(full ? S::load(x + o) : S::loadm(x + o, tail), S::load(mean + j * L));
     });
     s.step(b0, b1, HW, step, k, kx, k0);
@@ -1289,7 +1302,7 @@ static void batch_norm_backward_small(float* __restrict dx, const float* __restr
       const float* gr = dy + (n * C + b0) * HW;
       const float* xr = x + (n * C + b0) * HW;
       span_store(dx + (n * C + b0) * HW, span, [&](int64_t j, S::M m, bool full) {
-        const V g = full ? S::load(gr + j * L) : S::loadm(gr + j * L, m);
+        const V g = bn_grad(relu_y, gr - dy + j * L, full ? S::load(gr + j * L) : S::loadm(gr + j * L, m), m, full);
         if (eval) return S::mul(S::load(k + j * L), g);
         const V xm = S::sub(full ? S::load(xr + j * L) : S::loadm(xr + j * L, m), S::load(mean + j * L));
         return S::fma(S::load(k + j * L), g, S::fma(S::load(kx + j * L), xm, S::load(k0 + j * L)));
@@ -1300,7 +1313,7 @@ static void batch_norm_backward_small(float* __restrict dx, const float* __restr
 
 // The backward pass: sums, step (coef = k, kx, k0), dx. eval: dx = k * dy (x only in the sums).
 void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, const BatchNormParams& p,
-                             const float* mean, bool eval, BnChannelStep step) {
+                             const float* mean, bool eval, BnChannelStep step, const float* relu_y) {
   const int64_t C = p.C, N = p.N, HW = p.HW;
   if (HW == 1) {
     parallel_work((C + L - 1) / L, 1.5 * kBnNsPerElement * static_cast<double>(N * L), [&](int64_t v0, int64_t v1) {
@@ -1314,7 +1327,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         const V mv = S::loadm(mean + c0, m);
         LaneSums s;
         for (int64_t n = 0; n < N; ++n) {
-          const V g = S::loadm(dy + n * C + c0, m);
+          const V g = bn_grad(relu_y, n * C + c0, S::loadm(dy + n * C + c0, m), m, false);
           s.add(g, S::mul(g, S::sub(S::loadm(x + n * C + c0, m), mv)), 1);
         }
         s.fold();
@@ -1325,7 +1338,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         }
         const V k = S::loadm(coef[0], m), kx = S::loadm(coef[1], m), k0 = S::loadm(coef[2], m);
         for (int64_t n = 0; n < N; ++n) {
-          const V g = S::loadm(dy + n * C + c0, m);
+          const V g = bn_grad(relu_y, n * C + c0, S::loadm(dy + n * C + c0, m), m, false);
           const V r = eval ? S::mul(k, g) : S::fma(k, g, S::fma(kx, S::sub(S::loadm(x + n * C + c0, m), mv), k0));
           S::storem(dx + n * C + c0, m, r);
         }
@@ -1337,7 +1350,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
   // runs that alias in the L2, is better read in memory order over the thread's whole range
   if (bn_small_planes(p)) {
     parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
-      batch_norm_backward_small(dx_, dy_, x_, p, mean, eval, step, c0, c1);
+      batch_norm_backward_small(dx_, dy_, x_, p, mean, eval, step, relu_y, c0, c1);
     });
     return;
   }
@@ -1361,7 +1374,9 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
 
         // masked-off lanes: g = 0 and x - mean = 0
         auto g = [&](int64_t i, bool full) {
-          return full ? S::load(gr + i * L) : S::loadm(gr + i * L, S::mask(low_bits(HW - i * L)));
+          if (full) return bn_grad(relu_y, off + i * L, S::load(gr + i * L), S::M{}, true);
+          const S::M m = S::mask(low_bits(HW - i * L));
+          return bn_grad(relu_y, off + i * L, S::loadm(gr + i * L, m), m, false);
         };
         auto xm = [&](int64_t i, bool full) {
           if (full) return S::sub(S::load(xr + i * L), mv);
@@ -1379,7 +1394,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
         const float* cf = coef.data() + 3 * (c - b0);
         const V mv = S::set1(mean[c]), k = S::set1(cf[0]), kx = S::set1(cf[1]), k0 = S::set1(cf[2]);
         run_store(dx, off, HW, nt, [&](int64_t o, S::M m, bool full) {
-          const V gv = full ? S::load(dy + o) : S::loadm(dy + o, m);
+          const V gv = bn_grad(relu_y, o, full ? S::load(dy + o) : S::loadm(dy + o, m), m, full);
           if (eval) return S::mul(k, gv);
           return S::fma(k, gv, S::fma(kx, S::sub(full ? S::load(x + o) : S::loadm(x + o, m), mv), k0));
         });

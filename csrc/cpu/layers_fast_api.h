@@ -37,7 +37,7 @@ struct BnChannelStep {
                              const float* mean, const float* scale, const float* shift);         \
   void batch_norm_backward_f32(float* dx, const float* dy, const float* x,                       \
                                const BatchNormParams& p, const float* mean, bool eval,           \
-                               BnChannelStep step);                                              \
+                               BnChannelStep step, const float* relu_y);                         \
   }
 #ifdef DK_HAVE_X86_VARIANTS
 DK_LAYERS_FAST_DECL(avx2)

@@ -70,24 +70,43 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, cei
     return grad_x
 
 
-def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, relu):
     C = x.shape[1]
     y = np.empty_like(x)
     save_mean = np.empty(C, dtype=x.dtype)
     save_invstd = np.empty(C, dtype=x.dtype)
     _C.batch_norm_forward(y, save_mean, save_invstd, x, weight, bias, running_mean, running_var,
-                          training, momentum, eps)
+                          training, momentum, eps, relu)
     return y, save_mean, save_invstd
 
 
-def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training):
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, False)
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """relu(batch_norm(...)), the ReLU applied as batch norm writes y (functional.batch_norm_relu)."""
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, True)
+
+
+def _batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, relu_y):
     C = x.shape[1]
     grad_x = np.empty_like(x)
     grad_w = np.empty(C, dtype=x.dtype) if weight is not None else None
     grad_b = np.empty(C, dtype=x.dtype) if weight is not None else None
     _C.batch_norm_backward(grad_x, grad_w, grad_b, grad_out, x, weight, save_mean, save_invstd,
-                           training)
+                           training, relu_y)
     return grad_x, grad_w, grad_b
+
+
+def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training):
+    return _batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, None)
+
+
+def batch_norm_relu_backward(grad_out, y, x, weight, save_mean, save_invstd, training):
+    """batch_norm_backward(relu_backward(grad_out, y), ...), the ReLU's mask applied as batch
+    norm's backward reads grad_out (y: batch_norm_relu's output)."""
+    return _batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training, y)
 
 
 def dropout(x, p, training, seed):

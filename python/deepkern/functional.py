@@ -22,7 +22,8 @@ from .reference import window_out_size
 
 __all__ = [
     "conv2d", "conv2d_relu", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-    "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
+    "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
+    "dropout", "dropout_backward",
     "relu", "relu_backward", "fractional_max_pool2d", "fractional_max_pool2d_backward",
 ]
 
@@ -314,8 +315,34 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     NaN: a constant channel normalizes to exactly ``bias`` (finite, variance 0, even for
     constants like 1e30); a channel holding NaN or Inf gives NaN outputs for that channel only.
     """
+    be, args = _batch_norm_prepare(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                                   "batch_norm")
+    return be.batch_norm(*args)
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """``relu(batch_norm(...))`` in one op: a deepkern extension (PyTorch composes
+    ``F.relu(F.batch_norm(...))``). Returns (y, save_mean, save_invstd).
+
+    Arguments, checks and running-statistics updates as :func:`batch_norm`; y is
+    ``relu(batch_norm(...)[0])`` bit for bit. On the cpu backend the ReLU is applied as batch
+    norm writes y (no pass of its own over y); other backends compose the two. Backward:
+    :func:`batch_norm_relu_backward` with this y. ``nn.Sequential`` runs a BatchNorm followed
+    by a ReLU this way by itself.
+    """
+    be, args = _batch_norm_prepare(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                                   "batch_norm_relu")
+    fused = getattr(be, "batch_norm_relu", None)
+    if fused is not None:
+        return fused(*args)
+    y, mean, invstd = be.batch_norm(*args)
+    return be.relu(y), mean, invstd
+
+
+def _batch_norm_prepare(x, weight, bias, running_mean, running_var, training, momentum, eps, op):
+    """batch_norm's checks (for batch_norm and batch_norm_relu): (backend, its arguments)."""
     V.float_array(x, "x")
-    V.check_ndim(x, "batch_norm", (2, 4), "(N, C) or (N, C, H, W)")
+    V.check_ndim(x, op, (2, 4), "(N, C) or (N, C, H, W)")
     training = V.as_bool(training, "training")
     momentum = V.check_finite(V.as_float(momentum, "momentum"), "momentum")
     eps = V.as_float(eps, "eps")
@@ -344,8 +371,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     be = _backend.for_arrays(x, weight, bias, running_mean, running_var)
     if not training:  # read-only inputs in eval: copied like any other input if need be
         running_mean, running_var = _contig(running_mean), _contig(running_var)
-    return be.batch_norm(_contig(x), _contig(weight), _contig(bias), running_mean, running_var,
-                         training, momentum, eps)
+    return be, (_contig(x), _contig(weight), _contig(bias), running_mean, running_var, training, momentum, eps)
 
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=True):
@@ -354,24 +380,43 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=Tr
     grad_weight and grad_bias are None when weight is None. save_mean and save_invstd are
     the ones batch_norm returned.
     """
-    for a, n in ((grad_out, "grad_out"), (x, "x"), (weight, "weight"), (save_mean, "save_mean"),
+    be, args = _batch_norm_backward_prepare(grad_out, None, x, weight, save_mean, save_invstd, training,
+                                            "batch_norm_backward")
+    return be.batch_norm_backward(*args)
+
+
+def batch_norm_relu_backward(grad_out, y, x, weight, save_mean, save_invstd, training=True):
+    """Gradients of :func:`batch_norm_relu` (y: its output): returns (grad_x, grad_weight,
+    grad_bias), bit for bit ``batch_norm_backward(relu_backward(grad_out, y), x, ...)``. On the
+    cpu backend the ReLU's mask is applied as batch norm's backward reads grad_out.
+    """
+    be, (g, x, weight, save_mean, save_invstd, training) = _batch_norm_backward_prepare(
+        grad_out, y, x, weight, save_mean, save_invstd, training, "batch_norm_relu_backward")
+    y = _contig(y)
+    fused = getattr(be, "batch_norm_relu_backward", None)
+    if fused is not None:
+        return fused(g, y, x, weight, save_mean, save_invstd, training)
+    return be.batch_norm_backward(be.relu_backward(g, y), x, weight, save_mean, save_invstd, training)
+
+
+def _batch_norm_backward_prepare(grad_out, y, x, weight, save_mean, save_invstd, training, op):
+    """batch_norm_backward's checks (y: batch_norm_relu's output, or None): (backend, arguments)."""
+    for a, n in ((grad_out, "grad_out"), (y, "y"), (x, "x"), (weight, "weight"), (save_mean, "save_mean"),
                  (save_invstd, "save_invstd")):
-        if a is not None or n != "weight":
+        if a is not None or n not in ("weight", "y"):
             V.float_array(a, n)
-    V.same_dtype("batch_norm_backward", grad_out=grad_out, x=x, weight=weight,
-                 save_mean=save_mean, save_invstd=save_invstd)
-    V.check_ndim(x, "batch_norm_backward", (2, 4), "(N, C) or (N, C, H, W)")
+    V.same_dtype(op, grad_out=grad_out, y=y, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
+    V.check_ndim(x, op, (2, 4), "(N, C) or (N, C, H, W)")
     training = V.as_bool(training, "training")
-    if tuple(grad_out.shape) != tuple(x.shape):
-        raise ValueError(f"batch_norm_backward: grad_out has shape {V.shape_str(grad_out.shape)}, "
-                         f"expected x's {V.shape_str(x.shape)}")
+    for a, n in ((grad_out, "grad_out"), (y, "y")):
+        if a is not None and tuple(a.shape) != tuple(x.shape):
+            raise ValueError(f"{op}: {n} has shape {V.shape_str(a.shape)}, expected x's {V.shape_str(x.shape)}")
     C, dt = int(x.shape[1]), V.dtype_of(x)
     weight = _channel_vec(weight, "weight", C, dt)
     _channel_vec(save_mean, "save_mean", C, dt)
     _channel_vec(save_invstd, "save_invstd", C, dt)
-    be = _backend.for_arrays(grad_out, x, weight, save_mean, save_invstd)
-    return be.batch_norm_backward(_contig(grad_out), _contig(x), _contig(weight), _contig(save_mean),
-                                  _contig(save_invstd), training)
+    be = _backend.for_arrays(grad_out, y, x, weight, save_mean, save_invstd)
+    return be, (_contig(grad_out), _contig(x), _contig(weight), _contig(save_mean), _contig(save_invstd), training)
 
 
 # ---------------------------------------------------------------------------- dropout

@@ -21,7 +21,7 @@ __all__ = [
     "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
-    "batch_norm", "batch_norm_backward",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
     "dropout", "dropout_backward", "dropout_mask", "philox4x32",
     "relu", "relu_backward",
     "window_out_size",
@@ -368,6 +368,18 @@ def dropout_backward(grad_out, mask, p):
     if p >= 1:
         return np.zeros_like(grad_out)
     return grad_out * (mask != 0) * grad_out.dtype.type(1.0 / (1.0 - p))
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """relu(batch_norm(...)): returns (y, save_mean, save_invstd) with y = relu of batch_norm's
+    y (deepkern's fused op, functional.batch_norm_relu; here simply the two in turn)."""
+    y, save_mean, save_invstd = batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    return relu(y), save_mean, save_invstd
+
+
+def batch_norm_relu_backward(grad_out, y, x, weight, save_mean, save_invstd, training=True):
+    """Gradients of batch_norm_relu (y: its output): batch_norm_backward of relu_backward(grad_out, y)."""
+    return batch_norm_backward(relu_backward(grad_out, y), x, weight, save_mean, save_invstd, training)
 
 
 # ---------------------------------------------------------------------------- relu

@@ -394,6 +394,14 @@ class _BatchNorm(Module):
         raise NotImplementedError
 
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward_relu(self, x):
+        """relu(forward(x)) in one op (functional.batch_norm_relu), for Sequential: the output
+        is then the ReLU's, and Sequential's backward passes it to backward as ``_relu_y``."""
+        return self._forward(x, True)
+
+    def _forward(self, x, relu):
         x, in_shape = self._as_2d_or_4d(x)
         # PyTorch's rule: batch statistics in training, and also in eval when no running
         # statistics are tracked; the running statistics move only in training.
@@ -409,19 +417,27 @@ class _BatchNorm(Module):
         rm = None if use_batch and not self.track_running_stats else self.running_mean
         rv = None if rm is None else self.running_var
         if _contiguous(x):
-            key = (x.shape, x.dtype, id(w), id(b), id(rm), id(rv), use_batch, self.momentum, self.eps)
+            key = (x.shape, x.dtype, id(w), id(b), id(rm), id(rv), use_batch, self.momentum, self.eps, relu)
         else:
             key = None
-        y, mean, invstd = _run(self, "_fkey", key, "batch_norm", x, w, b, rm, rv, use_batch, momentum, self.eps)
+        y, mean, invstd = _run(self, "_fkey", key, "batch_norm_relu" if relu else "batch_norm",
+                               x, w, b, rm, rv, use_batch, momentum, self.eps)
         self.__dict__["_saved"] = (x, w, mean, invstd, use_batch, in_shape)
         return y if in_shape is None else y.reshape(in_shape)
 
     def backward(self, grad_out):
         if self._saved is None:
             raise _no_forward(self)
+        ry = self.__dict__.pop("_relu_y", None)    # Sequential's fused ReLU: its output (see there)
         x, w, mean, invstd, use_batch, in_shape = self._saved
         g = grad_out if in_shape is None else grad_out.reshape(x.shape)
-        gx, gw, gb = _run(self, "_bkey", _grad_key(self, g), "batch_norm_backward", g, x, w, mean, invstd, use_batch)
+        if ry is None:
+            gx, gw, gb = _run(self, "_bkey", _grad_key(self, g), "batch_norm_backward", g, x, w, mean, invstd, use_batch)
+        else:
+            ry = ry if in_shape is None else ry.reshape(x.shape)
+            key = _grad_key(self, g)
+            key = (key, "relu") if key is not None and _contiguous(ry) else None
+            gx, gw, gb = _run(self, "_bkey", key, "batch_norm_relu_backward", g, ry, x, w, mean, invstd, use_batch)
         if w is not None:
             _add_grad(self.weight, gw)
             _add_grad(self.bias, gb)
@@ -524,6 +540,13 @@ class ReLU(Module):
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
+
+
+# Sequential fuses a batch norm and the ReLU after it (module.py): these exact classes only
+BatchNorm1d._fusable = BatchNorm1d
+BatchNorm2d._fusable = BatchNorm2d
+ReLU._fusable = ReLU
+ReLU._is_relu = True
 
 
 def _check_float_input(layer, x, dtype=None):

@@ -408,13 +408,30 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
+def _fusable(m):
+    """m's class, when it is exactly a class that marks itself fusable (``_fusable = cls``:
+    BatchNorm1d, BatchNorm2d, ReLU; a subclass, which may change forward, is not)."""
+    t = type(m)
+    return t if getattr(t, "_fusable", None) is t else None
+
+
 class Sequential(Module):
     """Modules applied in order; ``backward`` runs their backward in reverse order.
 
     ``Sequential(m0, m1, ...)`` names the children "0", "1", ...; ``Sequential(OrderedDict)``
     uses the dict's names. Indexable (an int gives a module, a slice a new Sequential of the
     same modules), iterable, ``len()``, ``append()``.
+
+    A BatchNorm1d/BatchNorm2d followed by a ReLU runs as one op (``functional.batch_norm_relu``
+    and its backward: the ReLU applied as batch norm writes its output, its mask as batch norm's
+    backward reads the gradient), with the same bits as the two layers one after the other; the
+    ReLU module still keeps its output, so each module's own ``backward`` gives what it gave
+    before. Not when either module's ``forward`` (or the ReLU's ``backward``) is replaced on the
+    instance. ``seq.fuse = False`` turns it off (a deepkern extension; PyTorch has no fusion
+    in eager mode).
     """
+
+    fuse = True
 
     def __init__(self, *modules):
         super().__init__()
@@ -430,7 +447,13 @@ class Sequential(Module):
 
     def _refresh(self):
         # The children as a tuple: forward and backward loop over it without dict overhead.
-        object.__setattr__(self, "_seq", tuple(m for m in self._modules.values() if m is not None))
+        seq = tuple(m for m in self._modules.values() if m is not None)
+        object.__setattr__(self, "_seq", seq)
+        # the positions i of a batch norm whose next module is a ReLU (fused in forward)
+        object.__setattr__(self, "_bn_relu", frozenset(
+            i for i in range(len(seq) - 1)
+            if getattr(_fusable(seq[i]), "_forward_relu", None) and getattr(_fusable(seq[i + 1]), "_is_relu", False)))
+        object.__setattr__(self, "_fused", ())
 
     def append(self, module):
         """Add a module at the end. Returns self."""
@@ -485,11 +508,45 @@ class Sequential(Module):
         return mods[idx]
 
     def forward(self, x):
-        for m in self._seq:
+        pairs = self._bn_relu
+        if not pairs or not self.fuse:
+            self.__dict__["_fused"] = ()
+            for m in self._seq:
+                x = m.forward(x)
+            return x
+        seq, fused, i, n = self._seq, [], 0, len(self._seq)
+        while i < n:
+            m = seq[i]
+            if i in pairs:
+                r = seq[i + 1]
+                if "forward" not in m.__dict__ and "forward" not in r.__dict__ and "backward" not in r.__dict__:
+                    x = m._forward_relu(x)
+                    r.__dict__["_y"] = x            # the ReLU's output, for its own backward
+                    fused.append(i + 1)
+                    i += 2
+                    continue
             x = m.forward(x)
+            i += 1
+        self.__dict__["_fused"] = fused
         return x
 
     def backward(self, grad_out):
-        for m in reversed(self._seq):
-            grad_out = m.backward(grad_out)
+        fused = self._fused
+        if not fused:
+            for m in reversed(self._seq):
+                grad_out = m.backward(grad_out)
+            return grad_out
+        seq, i = self._seq, len(self._seq) - 1
+        while i >= 0:
+            if i in fused:                          # a ReLU fused into the batch norm before it
+                bn = seq[i - 1]
+                bn.__dict__["_relu_y"] = seq[i]._y  # one backward of bn through the ReLU's mask
+                try:
+                    grad_out = bn.backward(grad_out)    # (through any wrapper, e.g. DDP's hook)
+                finally:
+                    bn.__dict__.pop("_relu_y", None)
+                i -= 2
+                continue
+            grad_out = seq[i].backward(grad_out)
+            i -= 1
         return grad_out
