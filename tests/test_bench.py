@@ -255,6 +255,7 @@ def test_memory_bound_bytes_match_the_arrays():
         "avg_pool2d/fwd": 2 * x.nbytes, "avg_pool2d/bwd": 2 * x.nbytes,
         "batch_norm/train_fwd": 2 * x.nbytes, "batch_norm/train_bwd": 3 * x.nbytes,
         "batch_norm/eval_fwd": 2 * x.nbytes,
+        "batch_norm_relu/train_fwd": 2 * x.nbytes, "batch_norm_relu/train_bwd": 4 * x.nbytes,
         "dropout/fwd": 2 * x.nbytes + mask.nbytes, "dropout/bwd": 2 * dy.nbytes + mask.nbytes,
         "relu/fwd": 2 * x.nbytes, "relu/bwd": 3 * x.nbytes,
     }
@@ -317,7 +318,7 @@ def test_select_patterns():
 
 def test_default_suite_shapes_are_the_issue_shapes():
     full = {c.id: c for c in cases.suite(quick=False)}
-    assert len(full) == 7 * 4 + 11 + 8 + 1
+    assert len(full) == 7 * 4 + 13 + 8 + 1
     assert full["conv2d/c1/fwd"].shape == "c1 3->32 32x32 3x3 p1 N=64"
     assert full["conv2d/c6/fwd"].shape == "c6 64->64 32x32 3x3 s2 p1 N=64"
     assert full["conv2d/c7/fwd"].shape == "c7 64->64 32x32 3x3 p1 g64 N=64"

@@ -345,8 +345,9 @@ def layer_cases(N: int) -> list[Case]:
         inp["rm_train"], inp["rv_train"] = inp["rm"].copy(), inp["rv"].copy()
         ref = _ref()
         _, inp["pool_idx"] = ref.max_pool2d(x, 2, 2)
-        _, inp["bn_mean"], inp["bn_invstd"] = ref.batch_norm(
+        bn_y, inp["bn_mean"], inp["bn_invstd"] = ref.batch_norm(
             x, inp["bn_w"], inp["bn_b"], None, None, True)
+        inp["bnr_y"] = ref.relu(bn_y)  # batch_norm_relu's output, for its backward
         _, inp["mask"] = ref.dropout(x, 0.5, True, seed=1234)
         inp["relu_y"] = ref.relu(x)
         return inp
@@ -401,6 +402,22 @@ def layer_cases(N: int) -> list[Case]:
         lambda t, d: t.nn.functional.batch_norm(d["x"], d["rm"], d["rv"], d["bn_w"], d["bn_b"], False),
         lambda inp: _ref().batch_norm(inp["x"], inp["bn_w"], inp["bn_b"], inp["rm"].copy(),
                                       inp["rv"].copy(), False)[0])
+
+    # batch norm + ReLU (deepkern's fused op; PyTorch runs the two ops): the same minimal bytes
+    # as batch norm's forward, and its backward also reads y (for the ReLU's mask).
+    add("batch_norm_relu", "train_fwd", 2 * F32 * n, "read x 4n (once: the minimum), write y 4n",
+        lambda d: _F().batch_norm_relu(d["x"], d["bn_w"], d["bn_b"], d["rm_train"], d["rv_train"], True),
+        lambda t, d: (lambda r: (t.relu(r[0]), r[1], r[2]))(
+            t.native_batch_norm(d["x"], d["bn_w"], d["bn_b"], d["rm_train"], d["rv_train"], True, 0.1, 1e-5)),
+        lambda inp: _ref().batch_norm_relu(inp["x"], inp["bn_w"], inp["bn_b"], None, None, True))
+    add("batch_norm_relu", "train_bwd", 4 * F32 * n, "read dy 4n + y 4n + x 4n, write dx 4n",
+        lambda d: _F().batch_norm_relu_backward(d["dy"], d["bnr_y"], d["x"], d["bn_w"], d["bn_mean"],
+                                                d["bn_invstd"], True),
+        lambda t, d: tuple(t.ops.aten.native_batch_norm_backward(
+            t.ops.aten.threshold_backward(d["dy"], d["bnr_y"], 0.0), d["x"], d["bn_w"], d["rm"], d["rv"],
+            d["bn_mean"], d["bn_invstd"], True, 1e-5, [True, True, True])),
+        lambda inp: _ref().batch_norm_relu_backward(inp["dy"], inp["bnr_y"], inp["x"], inp["bn_w"],
+                                                    inp["bn_mean"], inp["bn_invstd"], True), rtol=2e-3)
 
     # dropout p=0.5: the mask is 1 byte per element (uint8 in deepkern, bool in PyTorch).
     def check_torch_dropout(got, ref, inp, backend):

@@ -427,8 +427,9 @@ class Sequential(Module):
     backward reads the gradient), with the same bits as the two layers one after the other; the
     ReLU module still keeps its output, so each module's own ``backward`` gives what it gave
     before. Not when either module's ``forward`` (or the ReLU's ``backward``) is replaced on the
-    instance. ``seq.fuse = False`` turns it off (a deepkern extension; PyTorch has no fusion
-    in eager mode).
+    instance. A wrapper on the batch norm's ``backward`` (as DDP's hooks) still runs, and
+    receives the gradient of the ReLU's output (the mask is applied inside). ``seq.fuse =
+    False`` turns it off (a deepkern extension; PyTorch has no fusion in eager mode).
     """
 
     fuse = True
@@ -538,7 +539,9 @@ class Sequential(Module):
             return grad_out
         seq, i = self._seq, len(self._seq) - 1
         while i >= 0:
-            if i in fused:                          # a ReLU fused into the batch norm before it
+            # a ReLU fused into the batch norm before it (unless a wrapper came on its backward
+            # since the forward: then the two backward in turn, which give the same values)
+            if i in fused and "backward" not in seq[i].__dict__:
                 bn = seq[i - 1]
                 bn.__dict__["_relu_y"] = seq[i]._y  # one backward of bn through the ReLU's mask
                 try:
