@@ -375,6 +375,10 @@ OPS = {
     "batch_norm eval": lambda: F.batch_norm(_h((4, 3)), None, None, _h((3,), fill=0), _h((3,)), False),
     "batch_norm_backward": lambda: F.batch_norm_backward(_h((4, 3, 5, 5)), _h((4, 3, 5, 5)), _h((3,)),
                                                          _h((3,)), _h((3,)), True),
+    "batch_norm_relu": lambda: F.batch_norm_relu(_h((4, 3, 5, 5)), _h((3,)), _h((3,)), _h((3,), fill=0),
+                                                 _h((3,)), True),
+    "batch_norm_relu_backward": lambda: F.batch_norm_relu_backward(
+        _h((4, 3, 5, 5)), _h((4, 3, 5, 5)), _h((4, 3, 5, 5)), _h((3,)), _h((3,)), _h((3,)), True),
     "dropout": lambda: F.dropout(_h((5, 7)), 0.3, seed=1),
     "dropout_backward": lambda: F.dropout_backward(_h((5, 7)), _h((5, 7), np.uint8), 0.3),
     "relu": lambda: F.relu(_h((5, 7))),
@@ -389,6 +393,7 @@ BINDINGS = {
     "avg_pool2d": ["avg_pool2d_forward"], "avg_pool2d_backward": ["avg_pool2d_backward"],
     "batch_norm train": ["batch_norm_forward"], "batch_norm eval": ["batch_norm_forward"],
     "batch_norm_backward": ["batch_norm_backward"], "dropout": ["dropout_forward"],
+    "batch_norm_relu": ["batch_norm_forward"], "batch_norm_relu_backward": ["batch_norm_backward"],
     "dropout_backward": ["dropout_backward"], "relu": ["relu_forward"],
     "relu_backward": ["relu_backward"],
 }

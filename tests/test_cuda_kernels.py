@@ -108,6 +108,18 @@ class Device:
                                   training)
         return tuple(self.back(a) for a in r)
 
+    def batch_norm_relu(self, x, w, b, rm, rv, training, momentum, eps):
+        drm, drv = self._to(rm), self._to(rv)
+        r = F.batch_norm_relu(self.to(x), self._to(w), self._to(b), drm, drv, training, momentum, eps)
+        if rm is not None:
+            rm[...], rv[...] = self.back(drm), self.back(drv)
+        return tuple(self.back(a) for a in r)
+
+    def batch_norm_relu_backward(self, dy, y, x, w, sm, si, training):
+        r = F.batch_norm_relu_backward(self.to(dy), self.to(y), self.to(x), self._to(w), self.to(sm),
+                                       self.to(si), training)
+        return tuple(self.back(a) for a in r)
+
     def dropout(self, x, p, training, seed):
         y, mask = F.dropout(self.to(x), p, training, seed)
         return self.back(y), self.back(mask, np.uint8)
@@ -334,6 +346,35 @@ def test_batch_norm_matches_cpu_and_reference(impl, ndim, N, C, S, affine, seed)
     for gv, cv, name in zip(ey, F.batch_norm(x, w, b, rm0, rv0, False, 0.1, 1e-5),
                             ("y", "save_mean", "save_invstd")):
         assert_close(gv, cv, *t, what=f"eval {name}")
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 7), (70, 3), (2, 5, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_relu_is_the_two_kernels_bitwise(impl, shape, training):
+    """The fused batch_norm_relu (the ReLU in the apply kernel's store, its mask where the
+    partial and apply kernels read dy) gives the bits of this backend's batch_norm then relu,
+    and of relu_backward then batch_norm_backward, running statistics included."""
+    rng = np.random.default_rng(len(shape) * 10 + training)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 0.3).astype(F32)
+    x[:, 0] = 1.5                                      # a constant channel: exact zeros before the ReLU
+    w, b = rng.standard_normal(C).astype(F32), rng.standard_normal(C).astype(F32)
+    b[0] = 0.0
+    rm, rv = rng.standard_normal(C).astype(F32), (rng.random(C) + 0.5).astype(F32)
+    rm[0] = 1.5
+    rm2, rv2 = rm.copy(), rv.copy()
+    y, sm, si = impl.batch_norm_relu(x, w, b, rm, rv, training, 0.1, 1e-5)
+    y0, sm0, si0 = impl.batch_norm(x, w, b, rm2, rv2, training, 0.1, 1e-5)
+    y0 = impl.relu(y0)
+    assert (y == 0).any() and (y > 0).any()
+    for got, want, name in ((y, y0, "y"), (sm, sm0, "save_mean"), (si, si0, "save_invstd"),
+                            (rm, rm2, "running_mean"), (rv, rv2, "running_var")):
+        assert_bitwise(got, want, name)
+    dy = rng.standard_normal(shape).astype(F32)
+    got = impl.batch_norm_relu_backward(dy, y, x, w, sm, si, training)
+    want = impl.batch_norm_backward(impl.relu_backward(dy, y0), x, w, sm0, si0, training)
+    for g, e, name in zip(got, want, ("grad_x", "grad_weight", "grad_bias")):
+        assert_bitwise(g, e, name)
 
 
 @pytest.mark.parametrize("mean, std", [(1e3, 1.0), (1e4, 1.0), (1e4, 0.1), (1e5, 1.0)])

@@ -157,12 +157,13 @@ void bind_layers(py::module_& m) {
       "batch_norm_forward",
       [](py::object y_, py::object sm_, py::object si_, py::object x_, py::object w_, py::object b_,
          py::object rm_, py::object rv_, bool training, double momentum, double eps,
-         uintptr_t stream) {
+         uintptr_t stream, bool relu) {
         const DevArray y = read_cai(y_, "y"), sm = read_cai(sm_, "save_mean"),
                        si = read_cai(si_, "save_invstd"), x = read_cai(x_, "x");
         const auto w = read_opt(w_, "weight"), b = read_opt(b_, "bias");
         const auto rm = read_opt(rm_, "running_mean"), rv = read_opt(rv_, "running_var");
-        const BatchNormParams p = bn_params(x.shape, momentum, eps);
+        BatchNormParams p = bn_params(x.shape, momentum, eps);
+        p.relu = relu;
         check_same_shape(y, x);
         DK_CHECK(rm.has_value() == rv.has_value(),
                  "batch_norm: running_mean and running_var go together");
@@ -211,12 +212,13 @@ void bind_layers(py::module_& m) {
       py::arg("y"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("x"),
       py::arg("weight").none(true), py::arg("bias").none(true), py::arg("running_mean").none(true),
       py::arg("running_var").none(true), py::arg("training"), py::arg("momentum"), py::arg("eps"),
-      py::arg("stream"));
+      py::arg("stream"), py::arg("relu") = false);
 
   m.def(
       "batch_norm_backward",
       [](py::object dx_, py::object dw_, py::object db_, py::object dy_, py::object x_,
-         py::object w_, py::object sm_, py::object si_, bool training, uintptr_t stream) {
+         py::object w_, py::object sm_, py::object si_, bool training, uintptr_t stream,
+         py::object ry_) {
         const DevArray dx = read_cai(dx_, "grad_x"), dy = read_cai(dy_, "grad_out"),
                        x = read_cai(x_, "x"), sm = read_cai(sm_, "save_mean"),
                        si = read_cai(si_, "save_invstd");
@@ -238,14 +240,18 @@ void bind_layers(py::module_& m) {
         const float* xp = in_ptr<float>(x);
         const float* smp = in_ptr<float>(sm);
         const float* sip = in_ptr<float>(si);
-        run_on(device_of({&dx, opt(dw), opt(db), &dy, &x, opt(w), &sm, &si}), [&] {
-          cuda::batch_norm_backward(dxp, dwp, dbp, dyp, xp, wp, smp, sip, training, p,
+        const auto ry = read_opt(ry_, "y");  // batch_norm_relu's output
+        const float* ryp = nullptr;
+        if (ry) { check_same_shape(*ry, x); ryp = in_ptr<float>(*ry); }
+        run_on(device_of({&dx, opt(dw), opt(db), &dy, &x, opt(w), &sm, &si, opt(ry)}), [&] {
+          cuda::batch_norm_backward(dxp, dwp, dbp, dyp, xp, wp, smp, sip, training, p, ryp,
                                     as_stream(stream));
         });
       },
       py::arg("grad_x"), py::arg("grad_weight").none(true), py::arg("grad_bias").none(true),
       py::arg("grad_out"), py::arg("x"), py::arg("weight").none(true), py::arg("save_mean"),
-      py::arg("save_invstd"), py::arg("training"), py::arg("stream"));
+      py::arg("save_invstd"), py::arg("training"), py::arg("stream"),
+      py::arg("relu_y").none(true) = py::none());
 
   m.def(
       "dropout_forward",

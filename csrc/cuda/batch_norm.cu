@@ -16,6 +16,9 @@
 //                       per-channel float coefficients of the element-wise pass.
 //   3. apply kernel     element-wise: y = (x - mean) * scale + shift, or
 //                       dx = k * dy + kx * (x - mean) + k0.
+// batch_norm_relu (p.relu; relu_y in the backward) as on the CPU: y = relu(y) as it is stored,
+// and dy read as relu_backward(dy, relu_y), with activation.cu's per-element expressions: the
+// bits of the two ops in turn.
 // Two reads of x (or x and dy) and one write, like the CPU; no atomics: deterministic.
 #include <cmath>
 #include <cstdint>
@@ -60,16 +63,23 @@ DK_HOST_DEVICE Sums stats_thread(const float* x, const BatchNormParams& p, int64
   return s;
 }
 
+// The gradient of element o as the backward reads it: dy, or relu_backward(dy, relu_y) for the
+// fused batch_norm_relu (activation.cu's relu_backward_element: y <= 0 gives 0).
+DK_HOST_DEVICE float grad_at(const float* dy, const float* relu_y, int64_t o) {
+  return relu_y && relu_y[o] <= 0.0f ? 0.0f : dy[o];
+}
+
 // Level 1, backward: sum(dy) and sum(dy * (x - mean)) over one thread's share.
-DK_HOST_DEVICE Sums grad_thread(const float* dy, const float* x, const float* save_mean,
-                                const BatchNormParams& p, int64_t c, int64_t beg, int64_t end,
-                                int64_t t, int64_t step) {
+DK_HOST_DEVICE Sums grad_thread(const float* dy, const float* relu_y, const float* x,
+                                const float* save_mean, const BatchNormParams& p, int64_t c,
+                                int64_t beg, int64_t end, int64_t t, int64_t step) {
   const double mean = save_mean[c];
   Sums s{0.0, 0.0};
   for (int64_t m = beg + t; m < end; m += step) {
     const int64_t o = offset(p, c, m);
-    s.a += dy[o];
-    s.b += static_cast<double>(dy[o]) * (static_cast<double>(x[o]) - mean);
+    const float g = grad_at(dy, relu_y, o);
+    s.a += g;
+    s.b += static_cast<double>(g) * (static_cast<double>(x[o]) - mean);
   }
   return s;
 }
@@ -141,13 +151,15 @@ DK_HOST_DEVICE void finalize_backward(Coef* coef, float* dw, float* db, const Su
 }
 
 // Level 3, element e of x (N, C, HW): the forward (dy = null) or the backward output.
-DK_HOST_DEVICE void apply_element(float* out, const float* x, const float* dy, const Coef* coef,
-                                  const BatchNormParams& p, int64_t e) {
+DK_HOST_DEVICE void apply_element(float* out, const float* x, const float* dy, const float* relu_y,
+                                  const Coef* coef, const BatchNormParams& p, int64_t e) {
   const Coef cf = coef[(e / p.HW) % p.C];
-  if (dy)
-    out[e] = cf.k * dy[e] + cf.kx * (x[e] - cf.mean) + cf.k0;
-  else
-    out[e] = (x[e] - cf.mean) * cf.kx + cf.k0;
+  if (dy) {
+    out[e] = cf.k * grad_at(dy, relu_y, e) + cf.kx * (x[e] - cf.mean) + cf.k0;
+  } else {
+    const float v = (x[e] - cf.mean) * cf.kx + cf.k0;
+    out[e] = p.relu && v < 0.0f ? 0.0f : v;  // (activation.cu's relu_element)
+  }
 }
 
 }  // namespace dk::cuda::bn
@@ -164,7 +176,8 @@ namespace bn {
 
 // Level 1: block (c, s) -> partial[c * S + s]. dy == null: forward statistics of x.
 __global__ void __launch_bounds__(kThreads) partial_kernel(Sums* partial, const float* x,
-                                                           const float* dy, const float* save_mean,
+                                                           const float* dy, const float* relu_y,
+                                                           const float* save_mean,
                                                            const BatchNormParams p, int64_t S,
                                                            int64_t chunk) {
   __shared__ double sa[kThreads];
@@ -172,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) partial_kernel(Sums* partial, const 
   for (int64_t blk = blockIdx.x; blk < p.C * S; blk += gridDim.x) {
     const int64_t c = blk / S, s = blk % S;
     const int64_t beg = s * chunk, end = min(M, beg + chunk);
-    const Sums t = dy ? grad_thread(dy, x, save_mean, p, c, beg, end, threadIdx.x, kThreads)
+    const Sums t = dy ? grad_thread(dy, relu_y, x, save_mean, p, c, beg, end, threadIdx.x, kThreads)
                       : stats_thread(x, p, c, beg, end, threadIdx.x, kThreads);
     const double a = block_sum<kThreads>(t.a, sa);
     const double b = block_sum<kThreads>(t.b, sa);
@@ -206,27 +219,27 @@ __global__ void finalize_backward_kernel(Coef* coef, float* dw, float* db, const
     finalize_backward(coef, dw, db, partial, S, w, save_mean, save_invstd, training, p, c);
 }
 
-__global__ void apply_kernel(float* out, const float* x, const float* dy, const Coef* coef,
-                             const BatchNormParams p, int64_t total) {
+__global__ void apply_kernel(float* out, const float* x, const float* dy, const float* relu_y,
+                             const Coef* coef, const BatchNormParams p, int64_t total) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x)
-    apply_element(out, x, dy, coef, p, e);
+    apply_element(out, x, dy, relu_y, coef, p, e);
 }
 
 // Level 1 for M values per channel; returns S (partial holds C * S sums).
-void launch_partials(Sums* partial, int64_t S, const float* x, const float* dy,
+void launch_partials(Sums* partial, int64_t S, const float* x, const float* dy, const float* relu_y,
                      const float* save_mean, const BatchNormParams& p, cudaStream_t stream) {
   const int64_t M = p.N * p.HW, chunk = ceil_div(M, S);
-  partial_kernel<<<grid_for(p.C * S, 1), kThreads, 0, stream>>>(partial, x, dy, save_mean, p, S,
-                                                                  chunk);
+  partial_kernel<<<grid_for(p.C * S, 1), kThreads, 0, stream>>>(partial, x, dy, relu_y, save_mean,
+                                                                  p, S, chunk);
   DK_CUDA_CHECK_LAUNCH();
 }
 
-void launch_apply(float* out, const float* x, const float* dy, const Coef* coef,
+void launch_apply(float* out, const float* x, const float* dy, const float* relu_y, const Coef* coef,
                   const BatchNormParams& p, cudaStream_t stream) {
   const int64_t total = p.N * p.C * p.HW;
   if (total == 0) return;
-  apply_kernel<<<grid_for(total), kThreads, 0, stream>>>(out, x, dy, coef, p, total);
+  apply_kernel<<<grid_for(total), kThreads, 0, stream>>>(out, x, dy, relu_y, coef, p, total);
   DK_CUDA_CHECK_LAUNCH();
 }
 
@@ -240,12 +253,12 @@ void batch_norm_forward_train(float* y, float* save_mean, float* save_invstd,
   const int64_t S = bn::chunks_per_channel(p.N * p.HW);
   Scratch partial(sizeof(bn::Sums) * static_cast<size_t>(p.C * S), stream);
   Scratch coef(sizeof(bn::Coef) * static_cast<size_t>(p.C), stream);
-  bn::launch_partials(partial.as<bn::Sums>(), S, x, nullptr, nullptr, p, stream);
+  bn::launch_partials(partial.as<bn::Sums>(), S, x, nullptr, nullptr, nullptr, p, stream);
   bn::finalize_train_kernel<<<grid_for(p.C), kThreads, 0, stream>>>(
       coef.as<bn::Coef>(), save_mean, save_invstd, running_mean, running_var,
       partial.as<bn::Sums>(), S, x, w, b, p);
   DK_CUDA_CHECK_LAUNCH();
-  bn::launch_apply(y, x, nullptr, coef.as<bn::Coef>(), p, stream);
+  bn::launch_apply(y, x, nullptr, nullptr, coef.as<bn::Coef>(), p, stream);
 }
 
 void batch_norm_forward_eval(float* y, float* save_mean, float* save_invstd, const float* x,
@@ -257,22 +270,23 @@ void batch_norm_forward_eval(float* y, float* save_mean, float* save_invstd, con
   bn::finalize_eval_kernel<<<grid_for(p.C), kThreads, 0, stream>>>(
       coef.as<bn::Coef>(), save_mean, save_invstd, running_mean, running_var, w, b, p);
   DK_CUDA_CHECK_LAUNCH();
-  bn::launch_apply(y, x, nullptr, coef.as<bn::Coef>(), p, stream);
+  bn::launch_apply(y, x, nullptr, nullptr, coef.as<bn::Coef>(), p, stream);
 }
 
 void batch_norm_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
                          const float* w, const float* save_mean, const float* save_invstd,
-                         bool training, const BatchNormParams& p, cudaStream_t stream) {
+                         bool training, const BatchNormParams& p, const float* relu_y,
+                         cudaStream_t stream) {
   if (p.C == 0) return;
   const int64_t S = bn::chunks_per_channel(p.N * p.HW);
   Scratch partial(sizeof(bn::Sums) * static_cast<size_t>(p.C * S), stream);
   Scratch coef(sizeof(bn::Coef) * static_cast<size_t>(p.C), stream);
-  bn::launch_partials(partial.as<bn::Sums>(), S, x, dy, save_mean, p, stream);
+  bn::launch_partials(partial.as<bn::Sums>(), S, x, dy, relu_y, save_mean, p, stream);
   bn::finalize_backward_kernel<<<grid_for(p.C), kThreads, 0, stream>>>(
       coef.as<bn::Coef>(), dw, db, partial.as<bn::Sums>(), S, w, save_mean, save_invstd,
       training, p);
   DK_CUDA_CHECK_LAUNCH();
-  bn::launch_apply(dx, x, dy, coef.as<bn::Coef>(), p, stream);
+  bn::launch_apply(dx, x, dy, relu_y, coef.as<bn::Coef>(), p, stream);
 }
 
 }  // namespace dk::cuda

@@ -54,10 +54,12 @@ void batch_norm_forward_eval(float* y, float* save_mean, float* save_invstd, con
                              const float* w, const float* b, const float* running_mean,
                              const float* running_var, const BatchNormParams& p,
                              cudaStream_t stream);
-// dw, db may be null (no affine weight)
+// (p.relu: y = relu(batch_norm(x)), batch_norm_relu.) dw, db may be null (no affine weight);
+// relu_y (batch_norm_relu's output, or null): the gradient is relu_backward(dy, relu_y).
 void batch_norm_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
                          const float* w, const float* save_mean, const float* save_invstd,
-                         bool training, const BatchNormParams& p, cudaStream_t stream);
+                         bool training, const BatchNormParams& p, const float* relu_y,
+                         cudaStream_t stream);
 
 // ---- dropout.cu          any shape, n elements; mask uint8 0/1, bit-identical to the CPU's
 void dropout_forward(float* y, uint8_t* mask, const float* x, int64_t n, double p, uint64_t seed,

@@ -132,31 +132,52 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, cei
 
 # ---------------------------------------------------------------------------- batch norm
 
-def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, relu, op):
     inplace = ("running_mean", "running_var") if training else ()
     c, (x, weight, bias, running_mean, running_var) = A.prepare(
-        "batch_norm", inplace=inplace, x=x, weight=weight, bias=bias, running_mean=running_mean,
+        op, inplace=inplace, x=x, weight=weight, bias=bias, running_mean=running_mean,
         running_var=running_var)
     C = _shape(x)[1]
     y = c.empty(_shape(x))
     save_mean = c.empty((C,))
     save_invstd = c.empty((C,))
     _cuda.batch_norm_forward(y, save_mean, save_invstd, x, weight, bias, running_mean, running_var,
-                             training, momentum, eps, c.stream)
+                             training, momentum, eps, c.stream, relu)
     return y, save_mean, save_invstd
 
 
-def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training):
-    c, (grad_out, x, weight, save_mean, save_invstd) = A.prepare(
-        "batch_norm_backward", grad_out=grad_out, x=x, weight=weight, save_mean=save_mean,
-        save_invstd=save_invstd)
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, False,
+                       "batch_norm")
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """relu(batch_norm(...)), the ReLU applied as the apply kernel stores y (batch_norm.cu)."""
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, True,
+                       "batch_norm_relu")
+
+
+def _batch_norm_backward(grad_out, y, x, weight, save_mean, save_invstd, training, op):
+    c, (grad_out, y, x, weight, save_mean, save_invstd) = A.prepare(
+        op, grad_out=grad_out, y=y, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
     C = _shape(x)[1]
     grad_x = c.empty(_shape(x))
     grad_w = c.empty((C,)) if weight is not None else None
     grad_b = c.empty((C,)) if weight is not None else None
     _cuda.batch_norm_backward(grad_x, grad_w, grad_b, grad_out, x, weight, save_mean, save_invstd,
-                              training, c.stream)
+                              training, c.stream, y)
     return grad_x, grad_w, grad_b
+
+
+def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training):
+    return _batch_norm_backward(grad_out, None, x, weight, save_mean, save_invstd, training,
+                                "batch_norm_backward")
+
+
+def batch_norm_relu_backward(grad_out, y, x, weight, save_mean, save_invstd, training):
+    """batch_norm_backward of relu_backward(grad_out, y), the mask applied as the kernels read it."""
+    return _batch_norm_backward(grad_out, y, x, weight, save_mean, save_invstd, training,
+                                "batch_norm_relu_backward")
 
 
 # ---------------------------------------------------------------------------- dropout, relu

@@ -326,7 +326,8 @@ def batch_norm_relu(x, weight, bias, running_mean, running_var, training, moment
 
     Arguments, checks and running-statistics updates as :func:`batch_norm`; y is
     ``relu(batch_norm(...)[0])`` bit for bit. On the cpu backend the ReLU is applied as batch
-    norm writes y (no pass of its own over y); other backends compose the two. Backward:
+    norm writes y (no pass of its own over y), and on the cuda backend as its apply kernel
+    stores y; the numpy reference composes the two. Backward:
     :func:`batch_norm_relu_backward` with this y. ``nn.Sequential`` runs a BatchNorm followed
     by a ReLU this way by itself.
     """
@@ -388,7 +389,7 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, training=Tr
 def batch_norm_relu_backward(grad_out, y, x, weight, save_mean, save_invstd, training=True):
     """Gradients of :func:`batch_norm_relu` (y: its output): returns (grad_x, grad_weight,
     grad_bias), bit for bit ``batch_norm_backward(relu_backward(grad_out, y), x, ...)``. On the
-    cpu backend the ReLU's mask is applied as batch norm's backward reads grad_out.
+    cpu and cuda backends the ReLU's mask is applied as batch norm's backward reads grad_out.
     """
     be, (g, x, weight, save_mean, save_invstd, training) = _batch_norm_backward_prepare(
         grad_out, y, x, weight, save_mean, save_invstd, training, "batch_norm_relu_backward")

@@ -96,14 +96,14 @@ void igemm(const Op& op, int64_t groups, int64_t splits, int64_t k_chunk) {
 }
 
 // batch_norm.cu's partial_kernel: block (c, s), 256 threads, two block sums.
-void bn_partials(bn::Sums* partial, int64_t S, const float* x, const float* dy,
+void bn_partials(bn::Sums* partial, int64_t S, const float* x, const float* dy, const float* relu_y,
                  const float* save_mean, const BatchNormParams& p) {
   const int64_t M = p.N * p.HW, chunk = (M + S - 1) / S;
   for (int64_t blk = 0; blk < p.C * S; ++blk) {
     const int64_t c = blk / S, s = blk % S, beg = s * chunk, end = std::min(M, beg + chunk);
     std::vector<double> va(kThreads), vb(kThreads);
     for (int t = 0; t < kThreads; ++t) {
-      const bn::Sums r = dy ? bn::grad_thread(dy, x, save_mean, p, c, beg, end, t, kThreads)
+      const bn::Sums r = dy ? bn::grad_thread(dy, relu_y, x, save_mean, p, c, beg, end, t, kThreads)
                             : bn::stats_thread(x, p, c, beg, end, t, kThreads);
       va[t] = r.a;
       vb[t] = r.b;
@@ -206,13 +206,13 @@ void emu_fractional_max_pool2d_forward(float* y, int64_t* idx, const float* x, c
 void emu_batch_norm_forward(float* y, float* save_mean, float* save_invstd, float* running_mean,
                             float* running_var, const float* x, const float* w, const float* b,
                             int64_t N, int64_t C, int64_t HW, int training, double momentum,
-                            double eps) {
-  const BatchNormParams p{N, C, HW, momentum, eps};
+                            double eps, int relu) {
+  const BatchNormParams p{N, C, HW, momentum, eps, relu != 0};
   std::vector<bn::Coef> coef(static_cast<size_t>(C));
   if (training) {
     const int64_t S = bn::chunks_per_channel(N * HW);
     std::vector<bn::Sums> partial(static_cast<size_t>(C * S));
-    bn_partials(partial.data(), S, x, nullptr, nullptr, p);
+    bn_partials(partial.data(), S, x, nullptr, nullptr, nullptr, p);
     for (int64_t c = 0; c < C; ++c)
       bn::finalize_train(coef.data(), save_mean, save_invstd, running_mean, running_var,
                          partial.data(), S, x, w, b, p, c);
@@ -220,21 +220,21 @@ void emu_batch_norm_forward(float* y, float* save_mean, float* save_invstd, floa
     for (int64_t c = 0; c < C; ++c)
       bn::finalize_eval(coef.data(), save_mean, save_invstd, running_mean, running_var, w, b, p, c);
   }
-  for (int64_t e = 0; e < N * C * HW; ++e) bn::apply_element(y, x, nullptr, coef.data(), p, e);
+  for (int64_t e = 0; e < N * C * HW; ++e) bn::apply_element(y, x, nullptr, nullptr, coef.data(), p, e);
 }
 
 void emu_batch_norm_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
                              const float* w, const float* save_mean, const float* save_invstd,
-                             int64_t N, int64_t C, int64_t HW, int training) {
+                             int64_t N, int64_t C, int64_t HW, int training, const float* relu_y) {
   const BatchNormParams p{N, C, HW, 0.0, 1.0};
   const int64_t S = bn::chunks_per_channel(N * HW);
   std::vector<bn::Sums> partial(static_cast<size_t>(C * S));
   std::vector<bn::Coef> coef(static_cast<size_t>(C));
-  bn_partials(partial.data(), S, x, dy, save_mean, p);
+  bn_partials(partial.data(), S, x, dy, relu_y, save_mean, p);
   for (int64_t c = 0; c < C; ++c)
     bn::finalize_backward(coef.data(), dw, db, partial.data(), S, w, save_mean, save_invstd,
                           training != 0, p, c);
-  for (int64_t e = 0; e < N * C * HW; ++e) bn::apply_element(dx, x, dy, coef.data(), p, e);
+  for (int64_t e = 0; e < N * C * HW; ++e) bn::apply_element(dx, x, dy, relu_y, coef.data(), p, e);
 }
 
 // ---------------------------------------------------------------- dropout, relu

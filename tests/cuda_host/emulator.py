@@ -37,8 +37,8 @@ class Emulator:
             "emu_conv2d_backward_weight": [P] * 5, "emu_max_pool2d_forward": [P] * 4,
             "emu_max_pool2d_backward": [P] * 4, "emu_avg_pool2d_forward": [P] * 3,
             "emu_avg_pool2d_backward": [P] * 3, "emu_fractional_max_pool2d_forward": [P] * 5,
-            "emu_batch_norm_forward": [P] * 8 + [I, I, I, ctypes.c_int, D, D],
-            "emu_batch_norm_backward": [P] * 8 + [I, I, I, ctypes.c_int],
+            "emu_batch_norm_forward": [P] * 8 + [I, I, I, ctypes.c_int, D, D, ctypes.c_int],
+            "emu_batch_norm_backward": [P] * 8 + [I, I, I, ctypes.c_int, P],
             "emu_dropout_forward": [P, P, P, I, D, U], "emu_dropout_backward": [P, P, P, I, D],
             "emu_relu_forward": [P, P, I], "emu_relu_backward": [P, P, P, I],
             "emu_optim_step": [ctypes.c_int, P, P, P, P, P, P, I, I],
@@ -126,20 +126,26 @@ class Emulator:
     def _nchw(x):
         return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
 
-    def batch_norm(self, x, w, b, rm, rv, training, momentum, eps):
+    def batch_norm(self, x, w, b, rm, rv, training, momentum, eps, relu=False):
         C = x.shape[1]
         y, sm, si = np.empty_like(x), np.empty(C, F32), np.empty(C, F32)
         self.lib.emu_batch_norm_forward(*map(self._p, (y, sm, si, rm, rv, x, w, b)), *self._nchw(x),
-                                        int(training), momentum, eps)
+                                        int(training), momentum, eps, int(relu))
         return y, sm, si
 
-    def batch_norm_backward(self, dy, x, w, sm, si, training):
+    def batch_norm_relu(self, x, w, b, rm, rv, training, momentum, eps):
+        return self.batch_norm(x, w, b, rm, rv, training, momentum, eps, relu=True)
+
+    def batch_norm_relu_backward(self, dy, y, x, w, sm, si, training):
+        return self.batch_norm_backward(dy, x, w, sm, si, training, relu_y=y)
+
+    def batch_norm_backward(self, dy, x, w, sm, si, training, relu_y=None):
         C = x.shape[1]
         gx = np.empty_like(x)
         gw = np.empty(C, F32) if w is not None else None
         gb = np.empty(C, F32) if w is not None else None
         self.lib.emu_batch_norm_backward(*map(self._p, (gx, gw, gb, dy, x, w, sm, si)),
-                                         *self._nchw(x), int(training))
+                                         *self._nchw(x), int(training), self._p(relu_y))
         return gx, gw, gb
 
     def dropout(self, x, p, training, seed):

@@ -253,12 +253,12 @@ def _make_cuda():
     def avg_pool2d_backward(dx, dy, k, s, p, ceil_mode, cip, stream):
         dx._a[...] = emu.avg_pool2d_backward(_a(dy), dx.shape, k, s, p, ceil_mode, cip)
 
-    def batch_norm_forward(y, sm, si, x, w, b, rm, rv, training, momentum, eps, stream):
+    def batch_norm_forward(y, sm, si, x, w, b, rm, rv, training, momentum, eps, stream, relu=False):
         y._a[...], sm._a[...], si._a[...] = emu.batch_norm(_a(x), _a(w), _a(b), _a(rm), _a(rv), training,
-                                                           momentum, eps)
+                                                           momentum, eps, relu)
 
-    def batch_norm_backward(gx, gw, gb, dy, x, w, sm, si, training, stream):
-        rx, rw, rb = emu.batch_norm_backward(_a(dy), _a(x), _a(w), _a(sm), _a(si), training)
+    def batch_norm_backward(gx, gw, gb, dy, x, w, sm, si, training, stream, relu_y=None):
+        rx, rw, rb = emu.batch_norm_backward(_a(dy), _a(x), _a(w), _a(sm), _a(si), training, _a(relu_y))
         gx._a[...] = rx
         if gw is not None:
             gw._a[...], gb._a[...] = rw, rb
