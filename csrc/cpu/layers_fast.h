@@ -860,8 +860,9 @@ bool avg_pool2d_backward_f32(float* dx_, const float* dy_, const Pool2dParams& p
 //                     step   (sdy, sdyx) -> k, kx, k0        (and the weight gradients)
 //                     pass   dx = k * dy + kx * (x - mean) + k0   (eval: dx = k * dy)
 //
-// Schedule. Each thread owns a contiguous range of channels (a channel's sums never cross
-// threads: any thread count gives the same bits) and takes it in blocks of channels whose data
+// Schedule (planes of 256 floats or more; smaller ones: batch_norm_train_small below). Each
+// thread owns a contiguous range of channels (a channel's sums never cross threads: any
+// thread count gives the same bits) and takes it in blocks of channels whose data
 // over the whole batch fits in a quarter of L2: the sums pass reads a block from memory, the
 // element-wise pass reads it again from L2. So each input crosses the memory bus once, where
 // two whole-tensor passes (the previous schedule) read it twice: 67% of the triad at best.
@@ -908,33 +909,13 @@ struct LaneSums {
   }
 };
 
-// One run of HW floats (a channel of one sample) into its channel's sums, in pieces of at most
-// kFoldEvery vectors summed with 4 interleaved accumulators (4 dependency chains):
+// One run of HW floats (a channel of one sample, HW >= 256: small planes have their own
+// schedule below) into its channel's sums, in pieces of at most kFoldEvery vectors summed with
+// 4 interleaved accumulators (4 dependency chains):
 //   a += u, b += u * w    with u = U(i), w = W(i) for vector i (tail lanes: 0)
 template <class FU, class FW>
 static inline void run_sums(LaneSums& s, int64_t HW, const FU& U, const FW& W) {
   const int64_t nfull = HW / L;
-  if (HW <= 4 * L) {  // short runs (small planes): straight into the channel's sums
-    // in registers for the run (s lives in memory: updating s.a per vector put a store and a
-    // reload, ~7 cycles, on every add's chain; bench/NOTES.md)
-    V a = s.a, b = s.b;
-    int64_t i = 0;
-    for (; i < nfull; ++i) {
-      const V x = U(i, true);
-      a = S::add(a, x);
-      b = S::fma(x, W(i, true), b);
-    }
-    if (i * L < HW) {
-      const V x = U(i, false);
-      a = S::add(a, x);
-      b = S::fma(x, W(i, false), b);
-      ++i;
-    }
-    s.a = a;
-    s.b = b;
-    if ((s.n += static_cast<int>(i)) >= kFoldEvery) s.fold();
-    return;
-  }
   int64_t i = 0;
   while (i < nfull) {
     const int64_t e = std::min<int64_t>(nfull, i + kFoldEvery);
@@ -990,11 +971,10 @@ static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, 
   // (Measured on Zen 5, one core, 64x64x32x32: the training forward 1.7 -> 1.3 ms with x
   // prefetched; the backward 2.4 -> 2.9 ms with x and dy prefetched, so it passes none.)
   constexpr int64_t kAhead = 2;
-  const bool pf = p.HW * static_cast<int64_t>(sizeof(float)) >= 1024;
   for (int64_t n = 0; n < p.N; ++n)
     for (int64_t c = b0; c < b1; ++c) {
       const int64_t off = (n * p.C + c) * p.HW;
-      if (pf && n + kAhead < p.N) {
+      if (n + kAhead < p.N) {
         const int64_t ahead = off + kAhead * p.C * p.HW;
         for (int64_t i = 0; i < p.HW; i += 16) {
           if (r0) _mm_prefetch(reinterpret_cast<const char*>(r0 + ahead + i), _MM_HINT_T0);
@@ -1010,9 +990,10 @@ static inline void block_runs(const BatchNormParams& p, int64_t b0, int64_t b1, 
 constexpr double kBnNsPerElement = 0.1;
 
 // The fused ReLU (batch_norm_relu): the forward's output v as relu_forward_f32 writes it when
-// relu (p.relu, read into a local first: the vector stores may alias p), and the backward's gradient g at o as relu_backward_f32 gives it when relu_y is the
-// fused forward's output (masked lanes: relu_y reads 0, so g stays 0). The same operations as
-// the two unfused kernels, so the same bits, without their passes over memory.
+// relu (p.relu, read into a local first: the vector stores may alias p), and the backward's
+// gradient g at o as relu_backward_f32 gives it when relu_y is the fused forward's output
+// (masked lanes: relu_y reads 0, so g stays 0). The same operations as the two unfused
+// kernels, so the same bits, without their passes over memory.
 static inline V bn_out(bool relu, V v) { return relu ? S::max(S::zero(), v) : v; }
 static inline V bn_grad(const float* relu_y, int64_t o, V g, S::M m, bool full) {
   if (!relu_y) return g;
@@ -1208,7 +1189,7 @@ void batch_norm_train_f32(float* y_, const float* x_, const BatchNormParams& p, 
                   [&](int64_t c0, int64_t c1) { batch_norm_train_small(y_, x_, p, K, step, c0, c1); });
     return;
   }
-  const bool seq = bn_block(p, 1) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
+  const bool seq = bn_block(p, 1) == 1;  // (small planes returned above)
   const int64_t cb = seq ? C : bn_block(p, 1);
   const bool nt = seq && stream_stores(2 * N * C * HW * static_cast<int64_t>(sizeof(float)));
   parallel_work(C, kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
@@ -1299,12 +1280,12 @@ static void batch_norm_backward_small(float* __restrict dx, const float* __restr
     });
     s.step(b0, b1, HW, step, k, kx, k0);
     for (int64_t n = 0; n < N; ++n) {
-      const float* gr = dy + (n * C + b0) * HW;
-      const float* xr = x + (n * C + b0) * HW;
-      span_store(dx + (n * C + b0) * HW, span, [&](int64_t j, S::M m, bool full) {
-        const V g = bn_grad(relu_y, gr - dy + j * L, full ? S::load(gr + j * L) : S::loadm(gr + j * L, m), m, full);
+      const int64_t r = (n * C + b0) * HW;  // the span's start in sample n
+      span_store(dx + r, span, [&](int64_t j, S::M m, bool full) {
+        const int64_t o = r + j * L;
+        const V g = bn_grad(relu_y, o, full ? S::load(dy + o) : S::loadm(dy + o, m), m, full);
         if (eval) return S::mul(S::load(k + j * L), g);
-        const V xm = S::sub(full ? S::load(xr + j * L) : S::loadm(xr + j * L, m), S::load(mean + j * L));
+        const V xm = S::sub(full ? S::load(x + o) : S::loadm(x + o, m), S::load(mean + j * L));
         return S::fma(S::load(k + j * L), g, S::fma(S::load(kx + j * L), xm, S::load(k0 + j * L)));
       });
     }
@@ -1354,7 +1335,7 @@ void batch_norm_backward_f32(float* dx_, const float* dy_, const float* x_, cons
     });
     return;
   }
-  const bool seq = bn_block(p, 2) == 1 && HW * static_cast<int64_t>(sizeof(float)) >= 1024;
+  const bool seq = bn_block(p, 2) == 1;
   const int64_t cb = seq ? C : bn_block(p, 2);
   const bool nt = seq && stream_stores(3 * N * C * HW * static_cast<int64_t>(sizeof(float)));
   parallel_work(C, 1.5 * kBnNsPerElement * static_cast<double>(N * HW), [&](int64_t c0, int64_t c1) {
