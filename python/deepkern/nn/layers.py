@@ -542,11 +542,10 @@ class ReLU(Module):
         return "inplace=True" if self.inplace else ""
 
 
-# Sequential fuses a batch norm and the ReLU after it (module.py): these exact classes only
-BatchNorm1d._fusable = BatchNorm1d
-BatchNorm2d._fusable = BatchNorm2d
-ReLU._fusable = ReLU
-ReLU._is_relu = True
+# Sequential fuses a batch norm (through its _forward_relu) and the ReLU after it (module.py):
+# these exact classes only
+BatchNorm1d._fuse_role = BatchNorm2d._fuse_role = "batch_norm"
+ReLU._fuse_role = "relu"
 
 
 def _check_float_input(layer, x, dtype=None):

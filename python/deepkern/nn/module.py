@@ -408,11 +408,11 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
-def _fusable(m):
-    """m's class, when it is exactly a class that marks itself fusable (``_fusable = cls``:
-    BatchNorm1d, BatchNorm2d, ReLU; a subclass, which may change forward, is not)."""
-    t = type(m)
-    return t if getattr(t, "_fusable", None) is t else None
+def _fuse_role(m):
+    """The part m plays in a fused pair, as its own class declares it (``_fuse_role``:
+    "batch_norm" on BatchNorm1d/2d, "relu" on ReLU); None for a subclass, which may change
+    forward (the declaration is read from the class itself, not inherited)."""
+    return type(m).__dict__.get("_fuse_role")
 
 
 class Sequential(Module):
@@ -453,7 +453,7 @@ class Sequential(Module):
         # the positions i of a batch norm whose next module is a ReLU (fused in forward)
         object.__setattr__(self, "_bn_relu", frozenset(
             i for i in range(len(seq) - 1)
-            if getattr(_fusable(seq[i]), "_forward_relu", None) and getattr(_fusable(seq[i + 1]), "_is_relu", False)))
+            if _fuse_role(seq[i]) == "batch_norm" and _fuse_role(seq[i + 1]) == "relu"))
         object.__setattr__(self, "_fused", ())
 
     def append(self, module):
