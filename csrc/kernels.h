@@ -54,7 +54,8 @@ void batch_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* 
 // ---- dropout.cpp         any shape, n elements; mask uint8 0/1
 template <class T> void dropout_forward(T* y, uint8_t* mask, const T* x, int64_t n, double p, uint64_t seed);
 template <class T> void dropout_backward(T* dx, const T* dy, const uint8_t* mask, int64_t n, double p);
-void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed);
+// mask[k] = the keep bit of element first + k (first a multiple of 4; 0 for a whole mask)
+void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, uint64_t first = 0);
 
 // ---- activation.cpp      any shape, n elements
 template <class T> void relu_forward(T* y, const T* x, int64_t n);

@@ -84,6 +84,22 @@ def test_dropout_thread_split_never_cuts_a_counter():
             assert_bitwise(F.dropout(x, 0.5, seed=99)[1], want, f"mask on {t} threads")
 
 
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("first", [0, 2**34 - 512, 2**34 + 4, 3 * 2**34 - 100, 2**40 + 12, 2**64 - 2**12])
+def test_dropout_generator_counter_high_word(isa_name, first):
+    """Counters of 2**32 and beyond (masks past 2**34 elements, here through a test hook): the
+    vector generators' counter high word and its carry out of the low word, against the
+    reference Philox; the ranges start a few counters before a carry and run over it."""
+    seed, p, n = 0x9E3779B97F4A7C15, 0.3, 2000
+    k = np.arange(n, dtype=np.uint64)
+    counters = (np.uint64(first) + k) // np.uint64(4)       # never past 2**62: no uint64 wrap
+    words = R.philox4x32(counters, seed)[np.arange(n), (k % np.uint64(4)).astype(np.int64)]
+    want = (words.astype(np.uint64) >= np.uint64(int(p * 2**32))).astype(np.uint8)
+    with isa(isa_name):
+        got = deepkern._C._testing.dropout_mask_from(first, n, p, seed)
+    assert_bitwise(got, want, f"mask from element {first}")
+
+
 # ---------------------------------------------------------------------------------- max pool
 
 @st.composite

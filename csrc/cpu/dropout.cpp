@@ -21,11 +21,11 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 14;  // elements per chunk (a multiple of 4)
 
-// Mask bits of elements [b, e), b a multiple of 4.
+// Mask bits of elements [b, e), b a multiple of 4; element i of the stream is first + i.
 inline void mask_range(uint8_t* __restrict mask, int64_t b, int64_t e, uint64_t thresh,
-                       uint64_t seed) {
+                       uint64_t seed, uint64_t first = 0) {
   for (int64_t i = b; i < e; i += 4) {
-    const Philox4 r = philox4x32_10(static_cast<uint64_t>(i) >> 2, seed);
+    const Philox4 r = philox4x32_10((first + static_cast<uint64_t>(i)) >> 2, seed);
     const int64_t m = std::min<int64_t>(4, e - i);
     for (int64_t j = 0; j < m; ++j) mask[i + j] = static_cast<uint64_t>(r.v[j]) >= thresh;
   }
@@ -43,12 +43,12 @@ inline void apply_mask(T* __restrict y, const T* __restrict x, const uint8_t* __
 
 // The vector generator of layers_fast.h (AVX2/AVX-512) gives the same bits as mask_range;
 // it handles every p < 1 (the threshold then fits in 32 bits).
-void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed) {
+void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, uint64_t first) {
   const uint64_t thresh = dropout_threshold(p);
   if (thresh < (uint64_t(1) << 32) &&
-      DK_TRY_FAST(dropout_mask_f32, mask, n, static_cast<uint32_t>(thresh), seed))
+      DK_TRY_FAST(dropout_mask_f32, mask, n, static_cast<uint32_t>(thresh), seed, first))
     return;
-  parallel_for(n, kGrain, [&](int64_t b, int64_t e) { mask_range(mask, b, e, thresh, seed); });
+  parallel_for(n, kGrain, [&](int64_t b, int64_t e) { mask_range(mask, b, e, thresh, seed, first); });
 }
 
 template <class T>

@@ -159,54 +159,63 @@ void relu_backward_f32(float* dx_, const float* dy_, const float* y_, int64_t n)
 
 // ---------------------------------------------------------------------------------------------
 // Dropout. The mask bit of element i is philox4x32_10(i / 4, seed)[i % 4] >= threshold (see
-// common/philox.h): the generator runs on L counters at once, one per lane, and the 4 words
-// of each counter are transposed into element order. Bit-identical to the scalar generator.
+// common/philox.h): the generator runs on L/2 counters per vector, one per 64-bit lane, and the
+// 4 words of each counter are then put in element order. Bit-identical to the scalar generator.
 //
 // Philox round: (c0, c1, c2, c3) <- (hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1,
-// lo(M0*c0)), keys bumped by the Weyl constants. The 32x32 -> 64-bit products come from
-// mul_epu32, which multiplies the even 32-bit lanes: one call for the even lanes, one for
-// the odd lanes shifted down, and the halves are blended back. (Taking the low halves from
-// the same products by a shift and a blend instead of mullo_i32 was 5% slower on Zen 5.)
-static inline void mul_hilo(S::I a, S::I m, S::I& hi, S::I& lo) {
-  const S::I even = S::mul_epu32(a, m), odd = S::mul_epu32(S::srli64(a, 32), m);
-  hi = S::blend_odd(S::srli64(even, 32), odd);  // odd lanes: the high half is in place
-  lo = S::mullo_i32(a, m);                      // the low halves: one multiply
+// lo(M0*c0)). mul_epu32 multiplies the low 32 bits of each 64-bit lane into the whole lane, so
+// a product a = M0*c0 holds lo(a) in the low half and hi(a) in the high half. With p = c0 and
+// q = c2 in the low halves (the high halves are never read by the multiply: garbage there is
+// fine), a round is
+//     a = M0 * p,   b = M1 * q
+//     p' = (b >> 32) ^ b_prev ^ k0      (c1 = lo of the previous round's b: its low half)
+//     q' = (a >> 32) ^ a_prev ^ k1      (c3 = lo of the previous round's a)
+// six operations per L/2 counters (two multiplies, two shifts, two 3-way xors), against seven
+// with 32-bit lanes (one counter per lane: multiplies of the even and the odd lanes, blends,
+// and a mullo for the low halves). After round 10 the words are c0 = p, c1 = b, c2 = q, c3 = a
+// (low halves). Measured 15% faster than the 32-bit-lane version for the mask alone on Zen 5,
+// the same bits (bench/NOTES.md).
+
+// The words of counters [ctr0, ctr0 + U*L), in element order: w[u][q] = the L elements
+// 4*ctr0 + (u*4 + q)*L ... (2U vectors of L/2 counters; U independent chains in flight keep
+// the vector units busy during the multiplies' latency).
+template <int U>
+static inline void philox_blocks(uint64_t ctr0, const uint32_t keys[2][10], S::I w[U][4]) {
+  constexpr int C = 2 * U;  // counter vectors
+  const S::I M0 = S::set1_i32(0xD2511F53u), M1 = S::set1_i32(0xCD9E8D57u);
+  S::I p[C], q[C], a[C], b[C];
+  for (int v = 0; v < C; ++v) {
+    p[v] = S::add_i64(S::set1_i64(ctr0 + uint64_t(v) * (L / 2)), S::iota_i64());  // c0 = counter lo
+    b[v] = S::srli64(p[v], 32);                                                     // c1 = counter hi
+    a[v] = q[v] = S::set1_i32(0);                                                   // c2 = c3 = 0
+  }
+#pragma GCC unroll 10
+  for (int r = 0; r < 10; ++r) {
+    const S::I K0 = S::set1_i32(keys[0][r]), K1 = S::set1_i32(keys[1][r]);
+#pragma GCC unroll 8
+    for (int v = 0; v < C; ++v) {
+      const S::I an = S::mul_epu32(p[v], M0), bn = S::mul_epu32(q[v], M1);
+      p[v] = S::xor3_i32(S::srli64(bn, 32), b[v], K0);
+      q[v] = S::xor3_i32(S::srli64(an, 32), a[v], K1);
+      a[v] = an;
+      b[v] = bn;
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    S::words_in_order(p[2 * u], b[2 * u], q[2 * u], a[2 * u], w[u]);
+    S::words_in_order(p[2 * u + 1], b[2 * u + 1], q[2 * u + 1], a[2 * u + 1], w[u] + 2);
+  }
 }
 
-// Draws of the U*4L elements [4*ctr0, 4*ctr0 + U*4L) in element order: w[u][q] = elements
-// (u*4 + q)*L ... Each round is a chain of dependent multiplies, blends and xors; U
-// independent blocks interleaved keep the vector units busy during that latency.
-template <int U>
-static inline void philox_blocks(uint64_t ctr0, uint64_t seed, S::I w[U][4]) {
-  const S::I M0 = S::set1_i32(0xD2511F53u), M1 = S::set1_i32(0xCD9E8D57u);
-  S::I c0[U], c1[U], c2[U], c3[U];
-  for (int u = 0; u < U; ++u) {
-    const uint64_t base = ctr0 + uint64_t(u) * L;
-    // counters base + j: low and high words (the low word may wrap within the vector)
-    const S::I lo32 = S::add_i32(S::set1_i32(static_cast<uint32_t>(base)), S::iota_i32());
-    const S::I carry = S::lt_u32_one(lo32, S::set1_i32(static_cast<uint32_t>(base)));
-    c0[u] = lo32;
-    c1[u] = S::add_i32(S::set1_i32(static_cast<uint32_t>(base >> 32)), carry);
-    c2[u] = S::set1_i32(0);
-    c3[u] = S::set1_i32(0);
-  }
+// The round keys: (seed lo, seed hi) bumped by the Weyl constants each round.
+static inline void philox_keys(uint64_t seed, uint32_t keys[2][10]) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
-    const S::I K0 = S::set1_i32(k0), K1 = S::set1_i32(k1);
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      S::I hi0, lo0, hi1, lo1;
-      mul_hilo(c0[u], M0, hi0, lo0);
-      mul_hilo(c2[u], M1, hi1, lo1);
-      c0[u] = S::xor3_i32(hi1, c1[u], K0);  // (one vpternlogd on AVX-512)
-      c2[u] = S::xor3_i32(hi0, c3[u], K1);
-      c1[u] = lo1;
-      c3[u] = lo0;
-    }
+    keys[0][r] = k0;
+    keys[1][r] = k1;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  for (int u = 0; u < U; ++u) S::transpose4_words(c0[u], c1[u], c2[u], c3[u], w[u]);
 }
 
 // Elements [b, e) (b a multiple of 4): mask bytes (1 = keep), and when y is not null,
@@ -215,15 +224,18 @@ static inline void philox_blocks(uint64_t ctr0, uint64_t seed, S::I w[U][4]) {
 // ragged end with masked normal stores), without prefetching y for writing.
 template <bool Stream = false>
 static void dropout_range(float* __restrict y, uint8_t* __restrict mask, const float* __restrict x,
-                          int64_t b, int64_t e, uint32_t thresh, uint64_t seed, float scale) {
-  constexpr int U = L == 16 ? 4 : 2;  // blocks of 4L per generator call (state fits the registers)
+                          int64_t b, int64_t e, uint32_t thresh, uint64_t seed, float scale,
+                          uint64_t first = 0) {
+  constexpr int U = L == 16 ? 3 : 2;  // groups of 4L per generator call (its state fits the registers)
   const V vscale = S::set1(scale);
   const S::I th = S::set1_i32(thresh);
-  // The generator is ~600 vector operations per block with no memory access, longer than the
-  // out-of-order window: the block's loads and stores would wait for it. Prefetching the
-  // block kPfBlocks ahead (x to L1, y and the mask with write intent) lets the memory traffic
+  uint32_t keys[2][10];
+  philox_keys(seed, keys);
+  // The generator is ~400 vector operations per block (AVX-512) with no memory access, longer
+  // than the out-of-order window: the block's loads and stores would wait for it. Prefetching
+  // ~1024 elements ahead (x to L1, y and the mask with write intent) lets the memory traffic
   // run under the arithmetic: 64x64x32x32 on 2 threads 0.58-0.64 -> 0.54-0.60 ms (bench/NOTES.md).
-  constexpr int64_t kBlock = U * 4 * L, kPfBlocks = 4;
+  constexpr int64_t kBlock = U * 4 * L, kPfBlocks = (1024 + kBlock - 1) / kBlock;
   for (int64_t i0 = b; i0 < e; i0 += kBlock) {
     if (y && i0 + (kPfBlocks + 1) * kBlock <= e) {
       const int64_t pf = i0 + kPfBlocks * kBlock;
@@ -234,7 +246,7 @@ static void dropout_range(float* __restrict y, uint8_t* __restrict mask, const f
       for (int64_t j = 0; j < kBlock; j += 64) __builtin_prefetch(mask + pf + j, 1, 3);
     }
     S::I w[U][4];
-    philox_blocks<U>(static_cast<uint64_t>(i0) >> 2, seed, w);
+    philox_blocks<U>((first + static_cast<uint64_t>(i0)) >> 2, keys, w);
     for (int u = 0; u < U; ++u) {
       const int64_t i = i0 + u * 4 * L, left = e - i;
       if (left <= 0) break;
@@ -267,8 +279,10 @@ static void split_by_counters(int64_t n, const F& f) {
   parallel_range(nc, kMinPerThread / 4, [&](int64_t c0, int64_t c1) { f(c0 * 4, std::min(n, c1 * 4)); });
 }
 
-void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed) {
-  split_by_counters(n, [&](int64_t b, int64_t e) { dropout_range(nullptr, mask, nullptr, b, e, thresh, seed, 0.f); });
+void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed, uint64_t first) {
+  split_by_counters(n, [&](int64_t b, int64_t e) {
+    dropout_range(nullptr, mask, nullptr, b, e, thresh, seed, 0.f, first);
+  });
 }
 
 void dropout_forward_f32(float* y, uint8_t* mask, const float* x, int64_t n, uint32_t thresh,

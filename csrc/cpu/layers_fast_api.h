@@ -20,7 +20,8 @@ struct BnChannelStep {
   namespace ns {                                                                                 \
   void relu_forward_f32(float* y, const float* x, int64_t n);                                    \
   void relu_backward_f32(float* dx, const float* dy, const float* y, int64_t n);                 \
-  void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed);               \
+  void dropout_mask_f32(uint8_t* mask, int64_t n, uint32_t thresh, uint64_t seed,                \
+                        uint64_t first);                                                         \
   void dropout_forward_f32(float* y, uint8_t* mask, const float* x, int64_t n, uint32_t thresh,  \
                            uint64_t seed, float scale);                                          \
   void dropout_backward_f32(float* dx, const float* dy, const uint8_t* mask, int64_t n,          \

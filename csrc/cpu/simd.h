@@ -99,35 +99,30 @@ struct Simd {
   }
   static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // m ? b : a
 
-  // ---- 32-bit integer lanes (the Philox generator, index arithmetic)
+  // ---- integer lanes (the Philox generator, index arithmetic)
   using I = __m512i;
   static I set1_i32(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
   static I iota_i32() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static I add_i32(I a, I b) { return _mm512_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm512_xor_si512(a, b); }
   static I xor3_i32(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }  // a ^ b ^ c
-  static I lt_u32_one(I a, I b) { return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(a, b), 1); }
   static I mul_epu32(I a, I b) { return _mm512_mul_epu32(a, b); }  // even lanes, 64-bit products
-  static I mullo_i32(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  // 64-bit lanes (the Philox generator keeps one counter per 64-bit lane)
+  static I set1_i64(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
+  static I iota_i64() { return _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7); }
+  static I add_i64(I a, I b) { return _mm512_add_epi64(a, b); }
+  // x0..x3: the low 32-bit halves of the 64-bit lanes of the four vectors (word q of counter j
+  // in lane j of xq)  ->  w[0], w[1]: the 4 words of counters 0-3, then 4-7, in element order
+  static void words_in_order(I x0, I x1, I x2, I x3, I w[2]) {
+    const I pairs = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    const I x01 = _mm512_permutex2var_epi32(x0, pairs, x1), x23 = _mm512_permutex2var_epi32(x2, pairs, x3);
+    w[0] = _mm512_permutex2var_epi32(x01, _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23), x23);
+    w[1] = _mm512_permutex2var_epi32(x01, _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31), x23);
+  }
   static I srli64(I a, int n) { return _mm512_srli_epi64(a, static_cast<unsigned>(n)); }
-  static I slli64(I a, int n) { return _mm512_slli_epi64(a, static_cast<unsigned>(n)); }
-  static I blend_odd(I a, I b) { return _mm512_mask_blend_epi32(0xAAAA, a, b); }  // odd lanes from b
   static M ge_u32(I a, I b) { return _mm512_cmpge_epu32_mask(a, b); }
   static I blend_i(M m, I a, I b) { return _mm512_mask_blend_epi32(m, a, b); }
   // c_w[j] = word w of counter j  ->  w[q] = the 4L words in element order (4j + word)
-  static void transpose4_words(I c0, I c1, I c2, I c3, I w[4]) {
-    const I a0 = _mm512_unpacklo_epi32(c0, c1), a1 = _mm512_unpackhi_epi32(c0, c1);
-    const I a2 = _mm512_unpacklo_epi32(c2, c3), a3 = _mm512_unpackhi_epi32(c2, c3);
-    // 128-bit lane l of t_k = the 4 words of counter 4l + k
-    const I t0 = _mm512_unpacklo_epi64(a0, a2), t1 = _mm512_unpackhi_epi64(a0, a2);
-    const I t2 = _mm512_unpacklo_epi64(a1, a3), t3 = _mm512_unpackhi_epi64(a1, a3);
-    const I u0 = _mm512_shuffle_i32x4(t0, t1, 0x44), u1 = _mm512_shuffle_i32x4(t0, t1, 0xEE);
-    const I u2 = _mm512_shuffle_i32x4(t2, t3, 0x44), u3 = _mm512_shuffle_i32x4(t2, t3, 0xEE);
-    w[0] = _mm512_shuffle_i32x4(u0, u2, 0x88);
-    w[1] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
-    w[2] = _mm512_shuffle_i32x4(u1, u3, 0x88);
-    w[3] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
-  }
   // bytes 0/1 of 4 element masks (4L elements), the first `count` of them
   static void store_mask_bytes(uint8_t* dst, const M m[4], int64_t count) {
     const uint64_t bits = uint64_t(m[0]) | uint64_t(m[1]) << 16 | uint64_t(m[2]) << 32 | uint64_t(m[3]) << 48;
@@ -271,30 +266,23 @@ struct Simd {
   static I add_i32(I a, I b) { return _mm256_add_epi32(a, b); }
   static I xor_i32(I a, I b) { return _mm256_xor_si256(a, b); }
   static I xor3_i32(I a, I b, I c) { return xor_i32(xor_i32(a, b), c); }
-  static I lt_u32_one(I a, I b) {  // unsigned a < b: flip the sign bits, compare signed
-    const I s = _mm256_set1_epi32(INT32_MIN);
-    return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(1));
-  }
   static I mul_epu32(I a, I b) { return _mm256_mul_epu32(a, b); }
-  static I mullo_i32(I a, I b) { return _mm256_mullo_epi32(a, b); }
+  static I set1_i64(uint64_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
+  static I iota_i64() { return _mm256_setr_epi64x(0, 1, 2, 3); }
+  static I add_i64(I a, I b) { return _mm256_add_epi64(a, b); }
+  static void words_in_order(I x0, I x1, I x2, I x3, I w[2]) {  // see the AVX-512 version
+    const I x01 = _mm256_blend_epi32(x0, _mm256_slli_epi64(x1, 32), 0xAA);  // counter j: x0 x1
+    const I x23 = _mm256_blend_epi32(x2, _mm256_slli_epi64(x3, 32), 0xAA);
+    const I even = _mm256_unpacklo_epi64(x01, x23), odd = _mm256_unpackhi_epi64(x01, x23);  // counters 0, 2 | 1, 3
+    w[0] = _mm256_permute2x128_si256(even, odd, 0x20);
+    w[1] = _mm256_permute2x128_si256(even, odd, 0x31);
+  }
   static I srli64(I a, int n) { return _mm256_srli_epi64(a, n); }
-  static I slli64(I a, int n) { return _mm256_slli_epi64(a, n); }
-  static I blend_odd(I a, I b) { return _mm256_blend_epi32(a, b, 0xAA); }
   static M ge_u32(I a, I b) {  // !(b > a), unsigned
     const I s = _mm256_set1_epi32(INT32_MIN);
     return _mm256_xor_si256(_mm256_cmpgt_epi32(_mm256_xor_si256(b, s), _mm256_xor_si256(a, s)), _mm256_set1_epi32(-1));
   }
   static I blend_i(M m, I a, I b) { return _mm256_blendv_epi8(a, b, m); }
-  static void transpose4_words(I c0, I c1, I c2, I c3, I w[4]) {
-    const I a0 = _mm256_unpacklo_epi32(c0, c1), a1 = _mm256_unpackhi_epi32(c0, c1);
-    const I a2 = _mm256_unpacklo_epi32(c2, c3), a3 = _mm256_unpackhi_epi32(c2, c3);
-    const I t0 = _mm256_unpacklo_epi64(a0, a2), t1 = _mm256_unpackhi_epi64(a0, a2);
-    const I t2 = _mm256_unpacklo_epi64(a1, a3), t3 = _mm256_unpackhi_epi64(a1, a3);
-    w[0] = _mm256_permute2x128_si256(t0, t1, 0x20);
-    w[1] = _mm256_permute2x128_si256(t2, t3, 0x20);
-    w[2] = _mm256_permute2x128_si256(t0, t1, 0x31);
-    w[3] = _mm256_permute2x128_si256(t2, t3, 0x31);
-  }
   static void store_mask_bytes(uint8_t* dst, const M m[4], int64_t count) {
     const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(m[0], m[1]), _mm256_packs_epi32(m[2], m[3]));
     const __m256i bytes = _mm256_and_si256(
