@@ -252,6 +252,21 @@ def test_ddp_of_one_rank_trains_bitwise_like_the_model(rng):
         assert_bitwise(runs[1][k], runs[0][k], k)
 
 
+def test_ddp_timings_keep_only_the_last_passes(rng, monkeypatch):
+    """``timings`` holds the last TIMINGS_KEPT backward passes: a long run does not grow it."""
+    from deepkern.distributed import ddp
+    monkeypatch.setattr(ddp, "TIMINGS_KEPT", 4)
+    x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 6)
+    crit = nn.CrossEntropyLoss()
+    model = dist.DistributedDataParallel(models.digits_cnn(dropout=0.0))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    for i in range(6):
+        _step(model, opt, crit, x, y)
+        assert len(model.timings["backward"]) == len(model.timings["exposed_comm"]) == min(i + 1, 4)
+    assert all(t >= 0 for t in model.timings["backward"])
+
+
 def test_ddp_zero_grad_drops_gradients_of_parameters_without_a_bucket(rng):
     """A frozen parameter at wrapping time, and one added to the model afterwards, have no
     bucket: zero_grad sets their gradients to None (the list follows the model's structure)."""

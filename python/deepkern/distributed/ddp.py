@@ -20,8 +20,9 @@ advance only inside MPI calls. After the model's backward returns the wrapper wa
 rest and divides by the world size.
 
 ``timings`` records, per backward, the backward time and the *exposed* communication time (the
-wait after backward; ``exposed_comm_cpu``: the CPU time this thread spent in that wait): with a separately measured allreduce time T_comm, the hidden fraction
-is 1 - exposed / T_comm (bench/distributed.py reports it).
+wait after backward), in seconds, for the last ``TIMINGS_KEPT`` (10,000) backward passes (deques:
+a long run does not grow them). With a separately measured allreduce time T_comm, the hidden
+fraction is 1 - exposed / T_comm (bench/distributed.py reports it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 
@@ -40,6 +41,8 @@ from ._comm import group
 from .collectives import DEFAULT_BUCKET_MB, broadcast_buffers, broadcast_parameters, plan_buckets
 
 __all__ = ["DistributedDataParallel"]
+
+TIMINGS_KEPT = 10_000       # backward passes whose times ``timings`` keeps
 
 
 class _Bucket:
@@ -117,7 +120,8 @@ class DistributedDataParallel(nn.Module):
             progress_thread = _spare_cpu()
         object.__setattr__(self, "_poller", _Poller() if progress_thread and self.group.size > 1
                            and _thread_multiple() else None)
-        object.__setattr__(self, "timings", {"backward": [], "exposed_comm": [], "exposed_comm_cpu": []})
+        object.__setattr__(self, "timings", {"backward": deque(maxlen=TIMINGS_KEPT),
+                                             "exposed_comm": deque(maxlen=TIMINGS_KEPT)})
         params = [p for p in module.parameters() if p.requires_grad]
         xp = array_module(params[0].data) if params else np
         if _is_cuda(params):                       # NCCL through CuPy, or MPI through host copies
@@ -217,7 +221,6 @@ class DistributedDataParallel(nn.Module):
         self._launch_ready()
         if self._poller is not None:
             self._poller.stop()                    # no two threads may test one request
-        c1 = time.thread_time()
         self._reducer.wait([b.req for b in self._buckets if b.req is not None], self._wait_what)
         if self.average and self.group.size > 1:
             for b in self._buckets:
@@ -226,7 +229,6 @@ class DistributedDataParallel(nn.Module):
         t2 = time.perf_counter()
         self.timings["backward"].append(t1 - t0)
         self.timings["exposed_comm"].append(t2 - t1)
-        self.timings["exposed_comm_cpu"].append(time.thread_time() - c1)
         return gx
 
     # ------------------------------------------------------------------ hooks
