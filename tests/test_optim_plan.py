@@ -148,6 +148,21 @@ def _lr_as_string(ps, opt):
     opt.param_groups[0]["lr"] = "0.1"
 
 
+def _betas_list_changed_in_place(ps, opt):
+    """A list option, valid at the plan's last step, then changed inside the same list."""
+    opt.param_groups[0]["betas"] = [0.9, 0.999]
+    opt.step()
+    opt.step()
+    assert opt._plan is not None
+    opt.param_groups[0]["betas"][1] = 1.5
+
+
+def _option_swapped_for_another_key(ps, opt):
+    """Same number of options, one of them gone: not the planned options any more."""
+    del opt.param_groups[0]["eps"]
+    opt.param_groups[0]["epsilon"] = 1e-8
+
+
 @pytest.mark.parametrize("spoil,error,match", [
     (_bad_grad_dtype, TypeError, "grad has dtype float64 but the parameter is float32"),
     (_bad_grad_shape, ValueError, r"grad has shape \(4, 3\), expected \(3, 4\)"),
@@ -159,6 +174,8 @@ def _lr_as_string(ps, opt):
     (_data_replaced, ValueError, "grad has shape"),
     (_bad_lr, ValueError, "Invalid learning rate"),
     (_lr_as_string, TypeError, "lr must be a real number"),
+    (_betas_list_changed_in_place, ValueError, "Invalid beta parameter at index 1: 1.5"),
+    (_option_swapped_for_another_key, KeyError, "eps"),
 ])
 def test_bad_input_after_the_plan_raises_before_writing(spoil, error, match):
     ps, opt = _trained()

@@ -45,6 +45,7 @@ arrays and copies them to each parameter's device. (PyTorch's state_dict keeps d
 
 from __future__ import annotations
 
+import itertools
 import numbers
 
 import numpy as np
@@ -598,7 +599,7 @@ class _StepPlan:
     is skipped (Adam over the digits CNN's 8 tensors: 47 -> 13 us a step, bench/NOTES.md).
     """
 
-    __slots__ = ("groups", "entries", "kind")
+    __slots__ = ("groups", "entries", "kind", "option_ids", "rows")
 
     @classmethod
     def build(cls, opt):
@@ -632,6 +633,8 @@ class _StepPlan:
                 entries.append((p, data, data.shape, st, bufs, buffers or (), gi))
         plan = cls()
         plan.groups, plan.entries, plan.kind = groups, entries, _kernel.KINDS[opt._kind]
+        plan.option_ids = [_option_ids(g) for g, _, _ in groups]
+        plan.rows = np.empty((len(entries), len(_kernel.ROW_NAMES[opt._kind])), dtype=np.float64)
         return plan
 
     def _options_changed(self, opt, gi, group) -> bool:
@@ -656,8 +659,12 @@ class _StepPlan:
         for gi, (group, (ref, snap, params)) in enumerate(zip(groups, self.groups)):
             if group is not ref or group["params"] != params:
                 return False
+            ids = self.option_ids[gi]
+            if ids is not None and ids[0] == len(group) and ids[2] == tuple(map(id, map(group.get, ids[1], _NONE))):
+                continue                    # the very option objects of the snapshot, all immutable
             if _options_snapshot(group) != snap and not self._options_changed(opt, gi, group):
                 return False
+            self.option_ids[gi] = _option_ids(group)
         state = opt.state
         ps, gs, ss, keys, sts = [], [], [], [], []
         for p, data, shape, st, bufs, buffers, gi in self.entries:
@@ -677,8 +684,8 @@ class _StepPlan:
             keys.append((gi, st.get("step") if st is not None else None))
         if not ps:
             return True
-        rows, steps, made = [], [], {}
-        for key, st in zip(keys, sts):
+        rows, steps, made = self.rows[:len(ps)], [], {}
+        for i, (key, st) in enumerate(zip(keys, sts)):
             hit = made.get(key)
             if hit is None:
                 group = self.groups[key[0]][0]
@@ -689,10 +696,14 @@ class _StepPlan:
                 r["grad_scale"] = -1.0 if group["maximize"] else 1.0
                 t = new.get("step", (key[1] or 0) + 1)
                 hit = made[key] = (_kernel.row(opt._kind, r), t)
-            rows.append(hit[0])
             steps.append(hit[1])
+            if i == 0:
+                first = hit[0]
+                rows[:] = first             # the common case: one row for every parameter
+            elif hit[0] is not first:
+                rows[i] = hit[0]
         try:
-            _C.optim_step(self.kind, ps, gs, ss, None, np.array(rows, dtype=np.float64))
+            _C.optim_step(self.kind, ps, gs, ss, None, rows)
         except Exception:  # refused before writing: the general path explains why
             return False
         if opt._has_step:
@@ -731,6 +742,23 @@ def _check_job(job):
     if data.size > 1 and any(s == 0 and n > 1 for s, n in zip(data.strides, data.shape)):
         raise ValueError(f"{job.where}: the parameter's data has overlapping memory (a zero stride, e.g. from "
                          "np.broadcast_to); give it its own array")
+
+
+_IMMUTABLE = (float, int, bool, str, type(None))
+_MISSING = object()
+_NONE = itertools.repeat(_MISSING)  # map(group.get, keys, _NONE): a removed key gives _MISSING
+
+
+def _option_ids(group):
+    """(len(group), keys, ids of their values) when every option is an immutable value (or a
+    tuple of them): while the group holds the very same objects, its snapshot is the same.
+    None when an option could change in place (a list, an array)."""
+    keys = tuple(k for k in group if k != "params")
+    vals = tuple(group[k] for k in keys)
+    for v in vals:
+        if not (type(v) in _IMMUTABLE or (type(v) is tuple and all(type(x) in _IMMUTABLE for x in v))):
+            return None
+    return len(group), keys, tuple(map(id, vals)), vals   # vals: held, so the ids stay theirs
 
 
 def _options_snapshot(group):
