@@ -1259,20 +1259,22 @@ void batch_norm_affine_f32(float* y_, const float* x_, const BatchNormParams& p,
     });
     return;
   }
-  parallel_work(C, 0.05 * static_cast<double>(N * p.HW), [&](int64_t c0, int64_t c1) {
+  // One pass, nothing to reuse: each thread takes one contiguous stretch of planes in memory
+  // order (64x64x32x32 on 2 threads: 0.225-0.246 -> 0.155-0.171 ms against splitting by
+  // channels, where both threads walk every sample, each with its half of the channels).
+  parallel_work(N * C, 0.05 * static_cast<double>(p.HW), [&](int64_t q0, int64_t q1) {
     const float* __restrict x = x_;
     float* __restrict y = y_;
-    for (int64_t n = 0; n < N; ++n)  // memory order: one pass, nothing to keep in L2
-      for (int64_t c = c0; c < c1; ++c) {
-        const V m = S::set1(mean[c]), sc = S::set1(scale[c]), sh = S::set1(shift[c]);
-        const int64_t off = (n * C + c) * p.HW;
-        int64_t i = 0;
-        for (; i + L <= p.HW; i += L) S::store(y + off + i, bn_out(relu, S::fma(S::sub(S::load(x + off + i), m), sc, sh)));
-        if (i < p.HW) {
-          const S::M t = S::mask(low_bits(p.HW - i));
-          S::storem(y + off + i, t, bn_out(relu, S::fma(S::sub(S::loadm(x + off + i, t), m), sc, sh)));
-        }
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c = q % C, off = q * p.HW;
+      const V m = S::set1(mean[c]), sc = S::set1(scale[c]), sh = S::set1(shift[c]);
+      int64_t i = 0;
+      for (; i + L <= p.HW; i += L) S::store(y + off + i, bn_out(relu, S::fma(S::sub(S::load(x + off + i), m), sc, sh)));
+      if (i < p.HW) {
+        const S::M t = S::mask(low_bits(p.HW - i));
+        S::storem(y + off + i, t, bn_out(relu, S::fma(S::sub(S::loadm(x + off + i, t), m), sc, sh)));
       }
+    }
   });
 }
 
