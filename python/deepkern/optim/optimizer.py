@@ -660,7 +660,7 @@ class _StepPlan:
             if group is not ref or group["params"] != params:
                 return False
             ids = self.option_ids[gi]
-            if ids is not None and ids[0] == len(group) and ids[2] == tuple(map(id, map(group.get, ids[1], _NONE))):
+            if ids is not None and ids[0] == len(group) and ids[2] == tuple(map(id, map(group.get, ids[1], _OR_MISSING))):
                 continue                    # the very option objects of the snapshot, all immutable
             if _options_snapshot(group) != snap and not self._options_changed(opt, gi, group):
                 return False
@@ -746,7 +746,7 @@ def _check_job(job):
 
 _IMMUTABLE = (float, int, bool, str, type(None))
 _MISSING = object()
-_NONE = itertools.repeat(_MISSING)  # map(group.get, keys, _NONE): a removed key gives _MISSING
+_OR_MISSING = itertools.repeat(_MISSING)  # map(group.get, keys, _OR_MISSING): a removed key gives _MISSING
 
 
 def _option_ids(group):
